@@ -28,13 +28,16 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
 from .errors import C2LError
+
+if TYPE_CHECKING:  # numpy/pandas/scipy are imported where used, so that `c2l --help` stays fast
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
 
 LOG = logging.getLogger("c2l")
 
@@ -238,6 +241,9 @@ def _read_rds(path: Path):
 
 def _r_sparse(obj, what: str) -> tuple[sp.spmatrix, np.ndarray, np.ndarray]:
     """A Matrix dgCMatrix/dgTMatrix read by rdata -> (scipy matrix, row names, column names)."""
+    import numpy as np
+    import scipy.sparse as sp
+
     cls = str(np.asarray(getattr(obj, "class", [""]))[0]) if hasattr(obj, "class") else ""
     shape = tuple(int(v) for v in obj.Dim)
     x = np.asarray(obj.x)
@@ -258,6 +264,8 @@ def _r_sparse(obj, what: str) -> tuple[sp.spmatrix, np.ndarray, np.ndarray]:
 
 def read_v1_layout(path: Path) -> pd.DataFrame:
     """Space Ranger 1 positions list -> DataFrame indexed by barcode with array_row, array_col (file order)."""
+    import pandas as pd
+
     df = pd.read_csv(path, header=None, usecols=[0, 2, 3], names=["barcode", "array_row", "array_col"], index_col=0)
     if df.index.has_duplicates:
         raise C2LError(f"{path}: duplicated barcodes in the V1 layout")
@@ -275,17 +283,23 @@ class LatticeFit:
     max_residual: float
 
     def predict(self, array_rc: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         X = np.c_[array_rc, np.ones(len(array_rc))]
         return np.c_[X @ self.coef_row, X @ self.coef_col]
 
     @property
     def px_per_pitch(self) -> float:
         """Pixels between spot centres two array columns apart (100 µm)."""
+        import numpy as np
+
         return float(np.hypot(2 * self.coef_row[1], 2 * self.coef_col[1]))
 
 
 def fit_lattice(array_rc: np.ndarray, xy: np.ndarray) -> LatticeFit:
     """Affine fit of pixel (row, col) on array (row, col) for both x/y orientations; keep the tighter one."""
+    import numpy as np
+
     X = np.c_[array_rc.astype(float), np.ones(len(array_rc))]
     best: LatticeFit | None = None
     for orientation, (r, c) in (("row=x,col=y", (0, 1)), ("row=y,col=x", (1, 0))):
@@ -315,6 +329,7 @@ def _write_png(path: Path, size: int) -> None:
 def _write_10x_h5(path: Path, counts: sp.csc_matrix, genes: np.ndarray, barcodes: np.ndarray) -> None:
     """10x HDF5 v3 layout (features x barcodes, CSC), gene symbols as ids and names."""
     import h5py
+    import numpy as np
 
     def fixed(values) -> np.ndarray:
         return np.array([str(v).encode() for v in values])
@@ -341,6 +356,9 @@ def _write_10x_h5(path: Path, counts: sp.csc_matrix, genes: np.ndarray, barcodes
 
 
 def _build_visium(files: dict[str, Path], visium: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+
     counts, genes, barcodes = _r_sparse(_read_rds(files["expr.rds"]), "expr.rds")
     if counts.shape != (len(genes), len(barcodes)):
         raise C2LError(f"expr.rds: matrix shape {counts.shape} does not match its names")
@@ -406,6 +424,9 @@ def _build_visium(files: dict[str, Path], visium: Path) -> dict:
 
 def _build_reference(path: Path, out: Path) -> None:
     import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
 
     ref = _read_rds(path)
     counts, genes, cells = _r_sparse(ref.counts, "ref_downsampled.rds counts")
