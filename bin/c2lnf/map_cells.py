@@ -1,0 +1,203 @@
+"""Step `map_cells`: the Cell2location spatial mapping model over one or several sections.
+
+All sections given are fitted in one joint model (`batch_key = sample`); the pipeline's `per_sample` mode
+simply calls this step once per section.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .errors import C2LError
+from .read_visium import ENSEMBL_RE
+from .training import trainer_kwargs
+
+LOG = logging.getLogger("c2l.map_cells")
+STATS = ("means", "stds", "q05", "q95")
+
+
+def read_signatures(path: Path) -> pd.DataFrame:
+    """Read and check a signatures CSV: genes (rows) x cell types (columns), finite, non-negative."""
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise C2LError(f"cannot read {Path(path).name}: {exc}", "signatures", "signatures") from exc
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        raise C2LError(
+            f"expected genes (rows) x cell types (columns) with at least 2 of each, got shape {table.shape}",
+            "signatures",
+            "signatures",
+        )
+    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise C2LError(f"non-numeric column(s) {non_numeric[:5]}: every column must be a cell type's expression",
+                       "signatures", "signatures")
+    values = table.to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        raise C2LError(f"{int((~np.isfinite(values)).sum())} NaN or infinite value(s)", "signatures", "signatures")
+    if (values < 0).any():
+        raise C2LError("negative expression values; signatures are expected counts per cell type", "signatures", "signatures")
+    if table.index.duplicated().any():
+        raise C2LError(f"duplicated gene(s), e.g. {table.index[table.index.duplicated()][0]}", "signatures", "signatures")
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    return table
+
+
+def _looks_ensembl(names) -> bool:
+    names = list(names)[:500]
+    return bool(names) and np.mean([bool(ENSEMBL_RE.match(str(n))) for n in names]) > 0.5
+
+
+def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> pd.Index:
+    """Genes present in every section and in the signatures, in the signatures' order."""
+    genes = pd.Index(signatures.index)
+    for sample, adata in sections.items():
+        common = genes.intersection(adata.var_names, sort=False)
+        if len(common) == 0:
+            hint = ""
+            if _looks_ensembl(adata.var_names) != _looks_ensembl(signatures.index):
+                side = "the section" if _looks_ensembl(adata.var_names) else "the reference"
+                hint = (f" ({side} uses Ensembl ids and the other side gene symbols: give the reference's Ensembl id "
+                        "column with --reference_gene_id_column, or use matching identifiers)")
+            elif set(map(str, signatures.columns)) & set(map(str, adata.var_names)):
+                hint = " (the signatures look transposed: genes must be rows, cell types columns)"
+            raise C2LError(f"no gene in common with the reference signatures{hint}", sample, "genes")
+        genes = common
+    if len(genes) < 10:
+        LOG.warning("only %d genes are shared between the sections and the reference", len(genes))
+    return genes
+
+
+def resolve_section_params(
+    sections: dict[str, ad.AnnData], n_cells_per_location: float, detection_alpha: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-section N_cells_per_location and detection_alpha: samplesheet overrides or the global values."""
+    n_cells, alpha = {}, {}
+    for sample, adata in sections.items():
+        meta = adata.uns.get("c2l_sample", {})
+        for key, default, out in (
+            ("n_cells_per_location", n_cells_per_location, n_cells),
+            ("detection_alpha", detection_alpha, alpha),
+        ):
+            raw = meta.get(key)
+            try:
+                value = float(raw) if raw not in (None, "", "nan") else float(default)
+            except ValueError as exc:
+                raise C2LError(f"'{raw}' is not a number", sample, key) from exc
+            if not np.isfinite(value) or value <= 0:
+                raise C2LError(f"must be a positive number, got {value:g}", sample, key)
+            out[sample] = value
+    return n_cells, alpha
+
+
+def combine_sections(sections: dict[str, ad.AnnData], genes: pd.Index) -> ad.AnnData:
+    """One AnnData of all sections over the shared genes, `obs['sample']` as the batch."""
+    parts = []
+    for sample, adata in sections.items():
+        part = ad.AnnData(X=adata[:, genes].X.copy(), obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+                          var=pd.DataFrame(index=genes))
+        part.obs["sample"] = sample
+        part.obs_names = [f"{sample}::{b}" for b in part.obs_names]
+        parts.append(part)
+    combined = ad.concat(parts, join="outer", merge="first") if len(parts) > 1 else parts[0]
+    combined.obs["sample"] = pd.Categorical(combined.obs["sample"], categories=list(sections))
+    return combined
+
+
+def map_cells(
+    sections: dict[str, ad.AnnData],
+    signatures: pd.DataFrame,
+    n_cells_per_location: float = 30.0,
+    detection_alpha: float = 20.0,
+    max_epochs: int = 30000,
+    lr: float = 0.002,
+    accelerator: str = "cpu",
+    num_samples: int = 1000,
+    log_every: int | None = None,
+):
+    """Fit Cell2location to all sections jointly; returns (model, combined AnnData with the posterior)."""
+    from cell2location.models import Cell2location
+
+    n_cells, alpha = resolve_section_params(sections, n_cells_per_location, detection_alpha)
+    if len(set(n_cells.values())) > 1:
+        listing = ", ".join(f"{s}={v:g}" for s, v in n_cells.items())
+        raise C2LError(
+            f"sections mapped in one joint model must share one value ({listing}); "
+            "use --mapping_mode per_sample to give each section its own",
+            ", ".join(sections),
+            "n_cells_per_location",
+        )
+    genes = shared_genes(sections, signatures)
+    combined = combine_sections(sections, genes)
+    totals = np.asarray(combined.X.sum(axis=1)).ravel()
+    if (totals == 0).any():
+        bad = combined.obs.loc[totals == 0, "sample"].value_counts()
+        sample = bad.index[0]
+        raise C2LError(
+            f"{int(bad.iloc[0])} spot(s) have no counts over the {len(genes)} genes shared with the reference "
+            "(check that both sides use the same gene identifiers)",
+            str(sample),
+            "genes",
+        )
+    Cell2location.setup_anndata(adata=combined, batch_key="sample")
+    alpha_arg = alpha[next(iter(alpha))] if len(set(alpha.values())) == 1 else alpha
+    model = Cell2location(
+        combined,
+        cell_state_df=signatures.loc[genes],
+        N_cells_per_location=next(iter(n_cells.values())),
+        detection_alpha=alpha_arg,
+    )
+    LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, %d epochs full batch, %s",
+             len(sections), combined.n_obs, len(genes), signatures.shape[1], max_epochs, accelerator)
+    model.train(max_epochs=max_epochs, batch_size=None, train_size=1, lr=lr,
+                **trainer_kwargs(max_epochs, accelerator, log_every))
+    sample_kwargs = {"num_samples": num_samples, "batch_size": combined.n_obs, "accelerator": accelerator}
+    if accelerator == "gpu":
+        sample_kwargs["device"] = 1
+    combined = model.export_posterior(combined, sample_kwargs=sample_kwargs)
+    combined.uns["c2l_params"] = {
+        "n_cells_per_location": float(next(iter(n_cells.values()))),
+        "detection_alpha": {k: float(v) for k, v in alpha.items()},
+        "max_epochs": int(max_epochs),
+        "n_shared_genes": int(len(genes)),
+        "num_samples": int(num_samples),
+    }
+    return model, combined
+
+
+def abundance_table(combined: ad.AnnData, stat: str, sample: str | None = None) -> pd.DataFrame:
+    """Spots x cell types table of one posterior statistic (column prefix removed, barcodes as index)."""
+    key = f"{stat}_cell_abundance_w_sf"
+    table = combined.obsm[key]
+    if not isinstance(table, pd.DataFrame):
+        table = pd.DataFrame(table, index=combined.obs_names)
+    table = table.copy()
+    table.columns = [re.sub(rf"^{stat}cell_abundance_w_sf_", "", str(c)) for c in table.columns]
+    if sample is not None:
+        table = table.loc[(combined.obs["sample"] == sample).to_numpy()]
+        table.index = [i.split("::", 1)[1] for i in table.index]
+    table.index.name = "barcode"
+    return table
+
+
+def section_result(section: ad.AnnData, combined: ad.AnnData, sample: str, run_id: str) -> ad.AnnData:
+    """The section (all its genes) with the four abundance tables in obsm and the model's settings in uns."""
+    out = section.copy()
+    for stat in STATS:
+        table = abundance_table(combined, stat, sample).loc[out.obs_names]
+        table.columns = [f"{stat}cell_abundance_w_sf_{c}" for c in table.columns]
+        out.obsm[f"{stat}_cell_abundance_w_sf"] = table
+    out.uns["cell2location"] = {
+        "factor_names": list(combined.uns["mod"]["factor_names"]),
+        "model_run": run_id,
+        **{k: v for k, v in combined.uns["c2l_params"].items() if k != "detection_alpha"},
+        "detection_alpha": combined.uns["c2l_params"]["detection_alpha"][sample],
+    }
+    return out

@@ -1,0 +1,159 @@
+"""Step `plot_spatial`: the tutorial's spatial figures for one mapped section."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .errors import C2LError
+
+LOG = logging.getLogger("c2l.plot_spatial")
+
+
+def library(adata: ad.AnnData) -> tuple[str | None, str | None, dict]:
+    """(library id, image key to draw on or None, scale factors) of a section."""
+    spatial = adata.uns.get("spatial") or {}
+    if not spatial:
+        return None, None, {}
+    lib = next(iter(spatial))
+    images = spatial[lib].get("images") or {}
+    img_key = "hires" if "hires" in images else ("lowres" if "lowres" in images else None)
+    return lib, img_key, dict(spatial[lib].get("scalefactors") or {})
+
+
+def abundance(adata: ad.AnnData, stat: str = "q05") -> pd.DataFrame:
+    """Spots x cell types table of a posterior statistic stored in obsm by map_cells."""
+    key = f"{stat}_cell_abundance_w_sf"
+    if key not in adata.obsm:
+        raise C2LError(f"obsm['{key}'] is missing: run map_cells on this section first",
+                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), key)
+    table = pd.DataFrame(adata.obsm[key]).copy()
+    table.columns = [str(c).replace(f"{stat}cell_abundance_w_sf_", "") for c in table.columns]
+    table.index = adata.obs_names
+    return table
+
+
+def _spot_size_px(adata: ad.AnnData) -> float:
+    """Spot diameter in full-resolution pixels: from the scale factors, else the nearest-neighbour spacing."""
+    _, _, sf = library(adata)
+    if sf.get("spot_diameter_fullres"):
+        return float(sf["spot_diameter_fullres"])
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return float(np.median(d[:, 1]) * 0.9)
+
+
+def _slide_with(adata: ad.AnnData, table: pd.DataFrame) -> ad.AnnData:
+    slide = ad.AnnData(obs=table.copy(), obsm={"spatial": np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]})
+    slide.uns["spatial"] = adata.uns.get("spatial", {})
+    return slide
+
+
+def plot_abundance_maps(adata: ad.AnnData, stat: str = "q05", vmax_quantile: str = "p99.2", ncols: int = 4):
+    """One panel per cell type: `stat` abundance on the tissue image (magma, colour limit at the 99.2% quantile)."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    table = abundance(adata, stat)
+    slide = _slide_with(adata, table)
+    lib, img_key, _ = library(adata)
+    kwargs = dict(cmap="magma", color=list(table.columns), ncols=ncols, size=1.3, vmin=0, vmax=vmax_quantile, show=False)
+    if lib is not None and img_key is not None:
+        kwargs.update(img_key=img_key, library_id=lib)
+    else:
+        kwargs.update(img_key=None, library_id=lib, spot_size=_spot_size_px(adata))
+        if lib is None:
+            slide.uns.pop("spatial", None)
+            kwargs.pop("library_id")
+    with mpl.rc_context({"axes.facecolor": "black", "figure.figsize": [4.5, 5]}):
+        sc.pl.spatial(slide, **kwargs)
+        fig = plt.gcf()
+    fig.suptitle(f"{stat} cell abundance (cells per spot)")
+    return fig
+
+
+def top_cell_types(adata: ad.AnnData, n: int = 6, stat: str = "q05") -> list[str]:
+    """The `n` cell types with the largest total abundance in the section."""
+    return list(abundance(adata, stat).sum(axis=0).sort_values(ascending=False).index[:n])
+
+
+def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
+    """cell2location.plt.plot_spatial: several cell types in one map, one colour each (at most 7)."""
+    from cell2location.plt import plot_spatial
+
+    table = abundance(adata, stat)
+    unknown = [c for c in cell_types if c not in table.columns]
+    if unknown:
+        raise C2LError(f"unknown cell type(s) {unknown}; known: {list(table.columns)}",
+                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), "overlay_cell_types")
+    cell_types = cell_types[:7]
+    slide = _slide_with(adata, table[cell_types])
+    lib, img_key, sf = library(adata)
+    if lib is None or not sf:
+        # plot_spatial scales coordinates by the image scale factor: give it an identity one
+        lib = lib or "section"
+        slide.uns["spatial"] = {lib: {"images": {}, "scalefactors": {"tissue_hires_scalef": 1.0,
+                                                                      "spot_diameter_fullres": _spot_size_px(adata)}}}
+        img_key = "hires"
+    show_img = bool((slide.uns["spatial"][lib].get("images") or {}).get(img_key) is not None)
+    fig = plot_spatial(
+        adata=slide,
+        color=cell_types,
+        labels=cell_types,
+        show_img=show_img,
+        img_key=img_key,
+        style="fast",
+        max_color_quantile=0.992,
+        circle_diameter=6,
+        colorbar_position="right",
+    )
+    return fig
+
+
+def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: float = 0.01):
+    """A pie chart per spot of the cell-type proportions (abundances normalised per spot) over the tissue."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Patch, Wedge
+
+    table = abundance(adata, stat)
+    props = table.div(table.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+    lib, img_key, sf = library(adata)
+    scale = float(sf.get(f"tissue_{img_key}_scalef", 1.0)) if img_key else 1.0
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
+    from scipy.spatial import cKDTree
+
+    spacing = np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]) if len(xy) > 1 else 1.0
+    # pies as large as the spot, or nearly touching their nearest neighbour on sparse sections
+    radius = max(_spot_size_px(adata) * scale / 2, 0.45 * spacing)
+    cmap = plt.get_cmap("tab20" if props.shape[1] > 10 else "tab10")
+    colours = [cmap(i % cmap.N) for i in range(props.shape[1])]
+    wedges, facecolors = [], []
+    values = props.to_numpy()
+    for (x, y), row in zip(xy, values):
+        start = 90.0
+        for j, frac in enumerate(row):
+            if frac < min_fraction:
+                continue
+            wedges.append(Wedge((x, y), radius, start, start + 360 * frac))
+            facecolors.append(colours[j])
+            start += 360 * frac
+    fig, ax = plt.subplots(figsize=(9, 8))
+    if img_key:
+        ax.imshow(adata.uns["spatial"][lib]["images"][img_key], cmap="gray")
+    ax.add_collection(PatchCollection(wedges, facecolors=facecolors, edgecolor="none"))
+    pad = 2 * radius
+    ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
+    ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, props.columns)],
+              loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="cell type")
+    ax.set_title(f"cell-type proportions per spot ({stat} abundance, normalised)")
+    return fig

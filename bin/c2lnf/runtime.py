@@ -1,0 +1,202 @@
+"""Process-wide set-up shared by every step: caches, logging, seeding, devices, atomic outputs, figures."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+LOG = logging.getLogger("c2l")
+
+
+def prepare_environment() -> None:
+    """Keep matplotlib/numba/torch caches inside the task directory (or a private temp dir), headless plots.
+
+    Runs before numpy, torch or matplotlib are imported. Values the user already set are kept.
+    """
+    base = os.environ.get("NXF_TASK_WORKDIR")
+    if base:
+        cache = Path(base) / ".c2l-cache"
+    else:
+        cache = Path(tempfile.gettempdir()) / f"c2l-cache-{os.getuid()}"
+    defaults = {
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": str(cache / "matplotlib"),
+        "NUMBA_CACHE_DIR": str(cache / "numba"),
+        "XDG_CACHE_HOME": str(cache / "xdg"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
+    }
+    if base:
+        # inside a Nextflow task: periodic log lines instead of progress bars
+        defaults["TQDM_DISABLE"] = "1"
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log lines to stderr with a timestamp; quieten the chatty libraries."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "numba", "matplotlib", "fontTools", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch and pyro (and scvi's own seed)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import pyro
+        import scvi
+        import torch
+
+        torch.manual_seed(seed)
+        pyro.set_rng_seed(seed)
+        scvi.settings.seed = seed
+    except ImportError:  # pragma: no cover - torch-free steps
+        pass
+
+
+def resolve_device(device: str, require_gpu: bool = False) -> tuple[str, str]:
+    """Turn `auto|cpu|cuda` into (accelerator, description); fall back to CPU with one warning.
+
+    Returns the accelerator name for scvi-tools (`cpu` or `gpu`) and a human-readable device description.
+    """
+    import torch
+
+    if device == "cpu":
+        if require_gpu:
+            raise RuntimeError("--require-gpu was given together with --device cpu")
+        return "cpu", "cpu"
+    has_cuda = torch.cuda.is_available()
+    if not has_cuda:
+        if require_gpu:
+            from .errors import C2LError
+
+            raise C2LError(
+                "a GPU was required (--require-gpu) but torch sees no CUDA device "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                field="device",
+            )
+        if device == "cuda":
+            LOG.warning("a GPU was requested but torch sees no CUDA device: training on the CPU instead")
+        return "cpu", "cpu"
+    name = torch.cuda.get_device_name(0)
+    torch.set_float32_matmul_precision("high")
+    return "gpu", f"cuda:0 ({name})"
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's intra-op threads to what the scheduler gave the task."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
+class StagedOutputs:
+    """Write outputs under a hidden staging folder and move them into place only when the step succeeds.
+
+    A killed or failing step therefore never leaves a plausible-looking, half-written output behind.
+    """
+
+    def __init__(self, outdir: Path):
+        self.outdir = Path(outdir)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.stage = self.outdir / f".staging-{uuid.uuid4().hex[:8]}"
+        self.stage.mkdir()
+        self._names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        """Staged path for the final output `outdir/name` (parent folders are created)."""
+        p = self.stage / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self._names.append(name)
+        return p
+
+    def commit(self) -> list[Path]:
+        final = []
+        for name in self._names:
+            src = self.stage / name
+            if not src.exists():
+                continue
+            dst = self.outdir / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            elif dst.exists():
+                dst.unlink()
+            os.replace(src, dst)
+            final.append(dst)
+        shutil.rmtree(self.stage, ignore_errors=True)
+        return final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_outputs(outdir: Path) -> Iterator[StagedOutputs]:
+    """Context manager around StagedOutputs: commit on success, discard on any error."""
+    staged = StagedOutputs(outdir)
+    try:
+        yield staged
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+
+
+@contextlib.contextmanager
+def captured_figures() -> Iterator[list]:
+    """Collect every matplotlib figure opened inside the block (library plots call plt.show())."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    figures: list = []
+    try:
+        yield figures
+    finally:
+        figures.extend(plt.figure(n) for n in plt.get_fignums() if n not in before)
+
+
+def save_figures(figures: list, path: Path, dpi: int = 110) -> Path:
+    """Save one figure as is, or several stacked vertically into one PNG; close them all."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not figures:
+        raise RuntimeError(f"no figure was drawn for {path.name}")
+    if len(figures) == 1:
+        figures[0].savefig(path, dpi=dpi, bbox_inches="tight")
+    else:
+        images = []
+        for fig in figures:
+            fig.set_dpi(dpi)
+            fig.canvas.draw()
+            images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+        width = max(im.shape[1] for im in images)
+        padded = [np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images]
+        stacked = np.concatenate(padded, axis=0)
+        plt.imsave(path, stacked)
+    for fig in figures:
+        plt.close(fig)
+    return path

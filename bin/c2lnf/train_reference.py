@@ -1,0 +1,75 @@
+"""Step `train_reference`: the negative-binomial regression model that estimates reference signatures."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import pandas as pd
+
+from .training import trainer_kwargs
+
+LOG = logging.getLogger("c2l.train_reference")
+
+
+def train_reference(
+    adata: ad.AnnData,
+    labels_key: str,
+    batch_key: str | None = None,
+    categorical_covariate_keys: list[str] | None = None,
+    max_epochs: int = 250,
+    batch_size: int = 2500,
+    lr: float = 0.002,
+    accelerator: str = "cpu",
+    num_samples: int = 1000,
+    log_every: int | None = None,
+):
+    """Set up, train and export the RegressionModel as the tutorial does; returns (model, adata with posterior)."""
+    from cell2location.models import RegressionModel
+
+    RegressionModel.setup_anndata(
+        adata=adata,
+        batch_key=batch_key,
+        labels_key=labels_key,
+        categorical_covariate_keys=categorical_covariate_keys or None,
+    )
+    model = RegressionModel(adata)
+    LOG.info("training the reference model: %d cells x %d genes, %d epochs, batch %d, %s",
+             adata.n_obs, adata.n_vars, max_epochs, batch_size, accelerator)
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        train_size=1,
+        lr=lr,
+        **trainer_kwargs(max_epochs, accelerator, log_every),
+    )
+    sample_kwargs = {"num_samples": num_samples, "batch_size": batch_size, "accelerator": accelerator}
+    if accelerator == "gpu":
+        sample_kwargs["device"] = 1
+    adata = model.export_posterior(adata, sample_kwargs=sample_kwargs)
+    return model, adata
+
+
+def signatures(adata: ad.AnnData) -> pd.DataFrame:
+    """Reference signatures (genes x cell types): the posterior means `means_per_cluster_mu_fg`."""
+    names = list(adata.uns["mod"]["factor_names"])
+    cols = [f"means_per_cluster_mu_fg_{n}" for n in names]
+    source = adata.varm["means_per_cluster_mu_fg"] if "means_per_cluster_mu_fg" in adata.varm else adata.var
+    table = pd.DataFrame(source[cols], index=adata.var_names).copy()
+    table.columns = names
+    table.index.name = "gene"
+    return table
+
+
+def plot_reference_qc(model, path) -> None:
+    """plot_QC on 1000 cells; if that subsample misses a covariate level (upstream #74), on all cells."""
+    from .training import plot_qc
+
+    try:
+        plot_qc(model, path, use_n_obs=1000)
+    except ValueError as exc:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        LOG.warning("plot_QC on a 1000-cell subsample failed (%s); retrying on all cells", exc)
+        plot_qc(model, path, use_n_obs=None)
