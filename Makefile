@@ -1,0 +1,112 @@
+# cell2location-nf: local environment, demo run, tests.
+#
+#   make setup   .venv/ (Python 3.11, exactly requirements.lock, installed with uv) + .venv/bin/nextflow
+#   make demo    the pipeline on the small lymph node data set (-profile test,local)
+#   make test    pytest (tests/), with .venv/bin first on PATH
+#   make bench   benchmarks/run.py
+#   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
+#   make clean   work/, .nextflow*, results/ (keeps .venv/)
+#
+# Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+VENV_BIN := $(CURDIR)/$(VENV)/bin
+# Run things with the project's environment first on PATH (python3, c2l's interpreter, nextflow).
+RUN_ENV := PATH="$(VENV_BIN):$$PATH"
+
+# Python 3.11 to create the venv with.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+# uv: the one on PATH if it works, else a pinned copy bootstrapped into $(VENV)/uv-bootstrap/.
+UV_VERSION := 0.13.9
+UV_BOOTSTRAP := $(VENV)/uv-bootstrap/bin/uv
+ifeq ($(origin UV),undefined)
+UV := $(shell uv --version >/dev/null 2>&1 && command -v uv)
+endif
+ifeq ($(strip $(UV)),)
+override UV := $(UV_BOOTSTRAP)
+UV_DEP := $(UV_BOOTSTRAP)
+endif
+
+# The lock's digest names the stamp, so a changed requirements.lock re-syncs and nothing else does.
+LOCK_SHA := $(shell (sha256sum requirements.lock 2>/dev/null || shasum -a 256 requirements.lock) | cut -c1-16)
+LOCK_STAMP := $(VENV)/.lock-$(LOCK_SHA)
+
+TESTDATA ?= ../shared/testdata
+TESTDATA_BUILD ?= testdata_build
+OUTDIR ?= results
+NXF_ARGS ?=
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help setup demo test bench lint clean
+
+help:
+	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
+
+setup: $(LOCK_STAMP) $(VENV)/bin/nextflow
+
+$(VENV)/bin/python:
+	@[ -n "$(PYTHON)" ] || { echo "setup: ERROR: no python3.11 / python3 on PATH (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+	  || { echo "setup: ERROR: $(PYTHON) is Python $$("$(PYTHON)" -c 'import platform; print(platform.python_version())'); requirements.lock is for 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	"$(PYTHON)" -m venv --without-pip $(VENV)
+
+$(UV_BOOTSTRAP): | $(VENV)/bin/python
+	"$(PYTHON)" -m venv $(VENV)/uv-bootstrap
+	$(VENV)/uv-bootstrap/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(LOCK_STAMP): requirements.lock | $(VENV)/bin/python $(UV_DEP)
+	@$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+	  || { echo "setup: ERROR: $(VENV) is not a Python 3.11 environment; remove it (rm -rf $(VENV)) and run make setup again" >&2; exit 1; }
+	rm -f $(VENV)/.lock-*
+	"$(UV)" pip sync --python $(VENV)/bin/python requirements.lock
+	touch $@
+
+$(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VENV)/bin/python
+	bash assets/nextflow/install.sh $(VENV)
+
+# TESTDATA must hold lymph_node/. Left at its default and absent, the data set is built from its public
+# sources into TESTDATA_BUILD (once) and used from there.
+demo: setup
+	@testdata="$(abspath $(TESTDATA))"; \
+	if [ ! -d "$$testdata/lymph_node" ]; then \
+	  if [ "$(origin TESTDATA)" != file ]; then \
+	    echo "demo: ERROR: TESTDATA=$(TESTDATA) has no lymph_node/ folder" >&2; exit 1; \
+	  fi; \
+	  testdata="$(abspath $(TESTDATA_BUILD))"; \
+	  if [ ! -d "$$testdata/lymph_node" ]; then \
+	    echo "demo: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
+	    $(RUN_ENV) $(VENV)/bin/python bin/c2l build-testdata --out "$(TESTDATA_BUILD)"; \
+	    [ -d "$$testdata/lymph_node" ] \
+	      || { echo "demo: ERROR: c2l build-testdata left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
+	  fi; \
+	fi; \
+	echo "+ nextflow run main.nf -profile test,local --testdata $$testdata --outdir $(abspath $(OUTDIR)) $(NXF_ARGS)"; \
+	$(RUN_ENV) $(VENV)/bin/nextflow run main.nf -profile test,local --testdata "$$testdata" --outdir "$(abspath $(OUTDIR))" $(NXF_ARGS)
+	@echo
+	@echo "Done. Look in $(OUTDIR)/:"
+	@echo "  $(OUTDIR)/plot_spatial/   cell abundance maps on the tissue"
+	@echo "  $(OUTDIR)/map_cells/      per-spot cell abundance estimates"
+	@echo "  $(OUTDIR)/pipeline_info/  Nextflow report, timeline and trace"
+
+test: setup
+	@echo "+ python -m pytest tests $(PYTEST_ARGS)"
+	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }
+
+bench: setup
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+
+lint:
+	@if [ ! -f containers/Dockerfile ]; then echo "lint: no containers/Dockerfile" >&2; \
+	elif command -v hadolint >/dev/null 2>&1; then echo "+ hadolint containers/Dockerfile"; hadolint containers/Dockerfile; \
+	else echo "lint: hadolint not on PATH; containers/Dockerfile not checked" >&2; fi
+	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh"; shellcheck .ci/run assets/nextflow/install.sh; \
+	else echo "lint: shellcheck not on PATH; shell scripts not checked" >&2; fi
+
+clean:
+	rm -rf work .nextflow .nextflow.log* .nextflow.pid results
