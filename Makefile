@@ -31,6 +31,10 @@ override UV := $(UV_BOOTSTRAP)
 UV_DEP := $(UV_BOOTSTRAP)
 endif
 
+# uv trusts its own CA bundle by default; make it use the system's store, so that a proxy whose CA the
+# machine trusts works as it does for pip and curl (UV_NATIVE_TLS is the older uv's name for it).
+UV_TLS := UV_SYSTEM_CERTS=$${UV_SYSTEM_CERTS:-1} UV_NATIVE_TLS=$${UV_NATIVE_TLS:-1}
+
 # The lock's digest names the stamp, so a changed requirements.lock re-syncs and nothing else does.
 LOCK_SHA := $(shell (sha256sum requirements.lock 2>/dev/null || shasum -a 256 requirements.lock) | cut -c1-16)
 LOCK_STAMP := $(VENV)/.lock-$(LOCK_SHA)
@@ -63,7 +67,7 @@ $(LOCK_STAMP): requirements.lock | $(VENV)/bin/python $(UV_DEP)
 	@$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 	  || { echo "setup: ERROR: $(VENV) is not a Python 3.11 environment; remove it (rm -rf $(VENV)) and run make setup again" >&2; exit 1; }
 	rm -f $(VENV)/.lock-*
-	"$(UV)" pip sync --python $(VENV)/bin/python requirements.lock
+	$(UV_TLS) "$(UV)" pip sync --python $(VENV)/bin/python requirements.lock
 	touch $@
 
 $(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VENV)/bin/python
