@@ -110,13 +110,13 @@ def read_visium_cmd(sample, spaceranger_dir, h5ad, meta, drop_empty_spots, outdi
     import pandas as pd
 
     from .read_visium import load_section
-    from .runtime import staged_outputs
+    from .runtime import staged_outputs, write_h5ad
 
     if (spaceranger_dir is None) == (h5ad is None):
         raise click.UsageError("give exactly one of --spaceranger-dir or --h5ad")
     adata, qc = load_section(sample, spaceranger_dir, h5ad, meta, drop_empty_spots)
     with staged_outputs(outdir) as out:
-        adata.write_h5ad(out.path(f"{sample}.h5ad"))
+        write_h5ad(adata, out.path(f"{sample}.h5ad"))
         pd.DataFrame([qc]).to_csv(out.path(f"{sample}.qc.csv"), index=False)
 
 
@@ -149,12 +149,12 @@ def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate
                          cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, outdir):
     """Check the reference and keep the genes that pass cell2location's filter_genes."""
     from .filter_reference import filter_reference, genes_table, load_reference
-    from .runtime import save_figures, staged_outputs
+    from .runtime import save_figures, staged_outputs, write_h5ad
 
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type)
     filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
     with staged_outputs(outdir) as out:
-        filtered.write_h5ad(out.path("reference_filtered.h5ad"))
+        write_h5ad(filtered, out.path("reference_filtered.h5ad"))
         save_figures(figures, out.path("reference_filter.png"))
         genes_table(adata, filtered.var_names).to_csv(out.path("reference_genes.csv"))
 
@@ -171,7 +171,7 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
                         device, require_gpu, threads, seed, lr, num_samples, log_every, outdir):
     """Train the reference regression model and export cell-type signatures."""
     from .filter_reference import load_reference
-    from .runtime import staged_outputs
+    from .runtime import staged_outputs, write_h5ad
     from .train_reference import plot_reference_qc, signatures, train_reference
     from .training import history_frame, plot_history
 
@@ -185,7 +185,7 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
         plot_history(model, out.path("reference_history.png"), skip=20, title="reference regression model")
         plot_reference_qc(model, out.path("reference_qc.png"))
         model.save(str(out.path("reference_model")), overwrite=True)
-        adata.write_h5ad(out.path("reference_posterior.h5ad"))
+        write_h5ad(adata, out.path("reference_posterior.h5ad"))
 
 
 @cli.command("map-cells")
@@ -208,7 +208,7 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
     import anndata as ad
 
     from .map_cells import STATS, abundance_table, map_cells, read_signatures, section_result
-    from .runtime import staged_outputs
+    from .runtime import staged_outputs, write_h5ad
     from .training import flatness, history_frame, plot_history, plot_qc
 
     loaded = {}
@@ -226,7 +226,7 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
     LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
     with staged_outputs(outdir) as out:
         for sample, section in loaded.items():
-            section_result(section, combined, sample, run_id).write_h5ad(out.path(f"{sample}.cell2location.h5ad"))
+            write_h5ad(section_result(section, combined, sample, run_id), out.path(f"{sample}.cell2location.h5ad"))
             for stat in STATS:
                 abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
         history.to_csv(out.path(f"{run_id}_history.csv"), index=False)

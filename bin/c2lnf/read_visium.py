@@ -161,6 +161,14 @@ def read_positions(spatial: Path, sample: str) -> pd.DataFrame:
     return pos.set_index(pos["barcode"].astype(str))
 
 
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    """PNG pixels as uint8 (matplotlib reads 8-bit PNGs as float32 in [0, 1]: four times the size)."""
+    if image.dtype == np.uint8:
+        return image
+    scale = 255.0 if image.max() <= 1.0 else 1.0
+    return np.clip(np.round(image * scale), 0, 255).astype(np.uint8)
+
+
 def read_images(spatial: Path, sample: str) -> tuple[dict, dict]:
     """Tissue images (hires optional, lowres optional) and the scale factors."""
     import matplotlib.image as mpimg
@@ -176,7 +184,7 @@ def read_images(spatial: Path, sample: str) -> tuple[dict, dict]:
     for key in ("hires", "lowres"):
         p = spatial / f"tissue_{key}_image.png"
         if p.exists():
-            images[key] = mpimg.imread(p)
+            images[key] = _as_uint8(mpimg.imread(p))
     if not images:
         LOG.warning("sample %s: no tissue image in %s; spatial maps are drawn without one", sample, spatial)
     return images, scalefactors

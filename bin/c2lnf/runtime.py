@@ -200,3 +200,9 @@ def save_figures(figures: list, path: Path, dpi: int = 110) -> Path:
     for fig in figures:
         plt.close(fig)
     return path
+
+
+def write_h5ad(adata, path: Path) -> Path:
+    """Write an h5ad compressed (tissue images and sparse counts shrink a lot)."""
+    adata.write_h5ad(path, compression="gzip")
+    return path
