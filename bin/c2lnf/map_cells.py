@@ -62,12 +62,13 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
         common = genes.intersection(adata.var_names, sort=False)
         if len(common) == 0:
             hint = ""
-            if _looks_ensembl(adata.var_names) != _looks_ensembl(signatures.index):
+            # transposed first: its cell-type index would otherwise pass for symbols against Ensembl ids
+            if set(map(str, signatures.columns)) & set(map(str, adata.var_names)):
+                hint = " (the signatures look transposed: genes must be rows, cell types columns)"
+            elif _looks_ensembl(adata.var_names) != _looks_ensembl(signatures.index):
                 side = "the section" if _looks_ensembl(adata.var_names) else "the reference"
                 hint = (f" ({side} uses Ensembl ids and the other side gene symbols: give the reference's Ensembl id "
                         "column with --reference_gene_id_column, or use matching identifiers)")
-            elif set(map(str, signatures.columns)) & set(map(str, adata.var_names)):
-                hint = " (the signatures look transposed: genes must be rows, cell types columns)"
             raise C2LError(f"no gene in common with the reference signatures{hint}", sample, "genes")
         genes = common
     if len(genes) < 10:
