@@ -1,0 +1,123 @@
+"""Faults: a run killed while mapping resumes from the cache; a plotting-only change reruns only the plots;
+exit 137 is retried with twice the memory (conf/base.config); a data error (exit 1) is not retried."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from nf_helpers import (TINY, assert_ok, data_error_run, kill_group, needs_testdata, real_run, run_nf, start_nf,
+                        wait_for, with_param)
+
+pytestmark = needs_testdata
+
+UPSTREAM = ["READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE"]
+# TINY with a different --map_max_epochs: MAP_CELLS's command line (hence its hash) changes, nothing else
+RESUMED = with_param(TINY, "--map_max_epochs", 10)
+
+
+def _status(run, step):
+    return sorted(r["status"] for r in run.tasks(step))
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """In the launch folder of the tiny real run: -resume with 3000 mapping epochs, killed while mapping."""
+    base = real_run(tmp_path_factory)
+    long_args = with_param(TINY, "--map_max_epochs", 3000)
+    first_map = base.tasks("MAP_CELLS")[0]["hash"]      # the log may still be the first run's for a moment
+    proc = start_nf(base.launch, "-resume", *long_args, outdir="killed")
+    log = base.launch / ".nextflow.log"
+
+    def mapping_started():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before MAP_CELLS started")
+        found = re.search(r"\[(\w\w/\w{6})\] Submitted process > CELL2LOCATION:MAP_CELLS",
+                          log.read_text(errors="replace") if log.exists() else "")
+        if not found or found.group(1) == first_map:
+            return None
+        prefix, rest = found.group(1).split("/")
+        task = next(iter((base.workdir / prefix).glob(f"{rest}*")), None)
+        # the model is built and training has begun (c2l logs this line just before the first epoch)
+        text = (task / ".command.log").read_text(errors="replace") if task and (task / ".command.log").exists() else ""
+        return task if "c2l.map_cells: mapping" in text else None
+
+    try:
+        task = wait_for(mapping_started, timeout=600, interval=2, what="MAP_CELLS to start training")
+        time.sleep(3)
+    finally:
+        code = kill_group(proc)
+    return base, task, code
+
+
+def test_killed_while_mapping_leaves_no_mapping_output(killed):
+    base, task, code = killed
+    assert code != 0
+    assert not (task / ".exitcode").exists() or (task / ".exitcode").read_text().strip() != "0"
+    assert not list(task.glob("*.cell2location.h5ad")), "a killed MAP_CELLS left a result behind"
+    assert not (base.launch / "killed" / "map_cells").exists()
+    assert not (base.launch / "killed" / "plot_spatial").exists()
+
+
+@pytest.fixture(scope="module")
+def resumed(killed):
+    base, _, _ = killed
+    return assert_ok(run_nf(base.launch, "-resume", *RESUMED, outdir="resumed"))
+
+
+def test_resume_after_kill_reuses_upstream_steps(resumed):
+    for step in UPSTREAM:
+        assert _status(resumed, step) == ["CACHED"], (step, resumed.trace())
+    assert _status(resumed, "MAP_CELLS") == ["COMPLETED"]
+    assert _status(resumed, "PLOT_SPATIAL") == ["COMPLETED"]
+    out = resumed.outdir
+    assert (out / "map_cells" / "joint" / "lymph_node.q05_cell_abundance_w_sf.csv").is_file()
+    assert len(list((out / "plot_spatial" / "lymph_node").glob("*.png"))) == 3
+    history = (out / "map_cells" / "joint" / "joint_history.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 10                                    # header + --map_max_epochs 10
+    # cached steps are still published into the new outdir
+    assert (out / "train_reference" / "signatures.csv").is_file()
+
+
+def test_plot_param_reruns_only_plot_spatial(resumed):
+    run = assert_ok(run_nf(resumed.launch, "-resume", *RESUMED, "--n_overlay", "3", outdir="overlay3"))
+    for step in UPSTREAM + ["MAP_CELLS"]:
+        assert _status(run, step) == ["CACHED"], (step, run.trace())
+    assert _status(run, "PLOT_SPATIAL") == ["COMPLETED"]
+    assert "--n-overlay 3" in (run.task_dir("PLOT_SPATIAL") / ".command.sh").read_text()
+
+
+RETRY_CONFIG = """
+// READ_VISIUM's first attempt dies as if the OOM killer had sent SIGKILL (exit 137)
+executor {
+    $local { memory = 64.GB }   // let the local executor accept attempt 2's request on a small machine
+}
+process {
+    resourceLimits = [cpus: 2, memory: 64.GB, time: 1.h]   // the test profile caps memory at 12 GB
+    withName: 'READ_VISIUM' {
+        beforeScript = { task.attempt == 1 ? 'echo simulated OOM kill >&2; exit 137' : 'true' }
+    }
+}
+"""
+
+
+def test_exit_137_is_retried_with_twice_the_memory(tmp_path):
+    """-stub is enough here: the retry and the memory come from conf/base.config, not from the script."""
+    config = tmp_path / "retry.config"
+    config.write_text(RETRY_CONFIG)
+    run = assert_ok(run_nf(tmp_path, "-stub", "-c", config))
+    rows = sorted(run.tasks("READ_VISIUM"), key=lambda r: int(r["attempt"]))
+    assert [(r["attempt"], r["status"], r["exit"]) for r in rows] == [("1", "FAILED", "137"), ("2", "COMPLETED", "0")]
+    assert rows[0]["memory"] == "12 GB" and rows[1]["memory"] == "24 GB"          # process_low: 12.GB * attempt
+    assert "terminated with an error exit status (137) -- Execution is retried (1)" in run.output
+    assert (run.outdir / "map_cells" / "joint" / "lymph_node.q05_cell_abundance_w_sf.csv").exists()
+
+
+def test_data_error_is_not_retried(tmp_path_factory):
+    run = data_error_run(tmp_path_factory)
+    assert run.returncode == 1
+    rows = run.tasks("READ_VISIUM")
+    assert [(r["attempt"], r["status"], r["exit"]) for r in rows] == [("1", "FAILED", "1")]
+    assert "Execution is retried" not in run.output

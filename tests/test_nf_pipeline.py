@@ -1,0 +1,178 @@
+"""The whole pipeline through real Nextflow: the `test` profile's output tree, two sections mapped jointly
+and per sample, and --signatures skipping the reference steps."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nf_helpers import (CELL_TYPES, STATS, TINY, assert_ok, needs_testdata, real_run, run_nf, shared,
+                        signatures_csv, stub_run, two_sections, with_param)
+
+pytestmark = needs_testdata
+
+# the two-section runs only need every output to exist: 10 mapping epochs
+SHORT = with_param(TINY, "--map_max_epochs", 10)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return real_run(tmp_path_factory)
+
+
+def _tree(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_test_profile_output_tree(real):
+    out = real.outdir
+    tree = _tree(out)
+    expected = {
+        "read_visium/lymph_node.h5ad", "read_visium/lymph_node.qc.csv", "read_visium/qc_summary.csv",
+        "filter_reference/reference_filtered.h5ad", "filter_reference/reference_filter.png",
+        "filter_reference/reference_genes.csv",
+        "train_reference/signatures.csv", "train_reference/reference_posterior.h5ad",
+        "train_reference/reference_history.csv", "train_reference/reference_history.png",
+        "train_reference/reference_qc.png", "train_reference/reference_model/model.pt",
+        "map_cells/joint/lymph_node.cell2location.h5ad",
+        *[f"map_cells/joint/lymph_node.{s}_cell_abundance_w_sf.csv" for s in STATS],
+        "map_cells/joint/joint_history.csv", "map_cells/joint/joint_history.png", "map_cells/joint/joint_qc.png",
+        "map_cells/joint/joint_model/model.pt",
+        "plot_spatial/lymph_node/lymph_node.q05_abundance.png", "plot_spatial/lymph_node/lymph_node.overlay.png",
+        "plot_spatial/lymph_node/lymph_node.proportions.png",
+        "pipeline_info/software_versions.yml",
+    }
+    assert expected <= tree, sorted(expected - tree)
+    assert sorted(p.name for p in (out).iterdir()) == [
+        "filter_reference", "map_cells", "pipeline_info", "plot_spatial", "read_visium", "train_reference"]
+    assert sorted(p.name for p in (out / "map_cells").iterdir()) == ["joint"]
+    assert not any(name.endswith("versions.yml") and not name.startswith("pipeline_info/") for name in tree)
+    for png in [t for t in tree if t.endswith(".png")]:
+        assert (out / png).stat().st_size > 1000, png
+    assert "cell2location-nf finished" in real.stdout
+
+
+def test_test_profile_pipeline_info(real):
+    info = real.outdir / "pipeline_info"
+    names = [p.name for p in info.iterdir()]
+    for prefix in ("execution_report_", "execution_timeline_", "execution_trace_", "pipeline_dag_"):
+        assert any(n.startswith(prefix) for n in names), (prefix, names)
+    versions = (info / "software_versions.yml").read_text()
+    for step in ("READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"):
+        assert f'"CELL2LOCATION:{step}":' in versions
+    assert re.search(r'^\s+cell2location: "0\.1\.5"$', versions, re.M)
+    for tool in ("scvi-tools", "pyro-ppl", "torch", "scanpy"):
+        assert re.search(rf'^\s+{tool}: "\d+\.\d+', versions, re.M), tool
+    trace = real.trace()
+    assert sorted(r["process"].split(":")[-1] for r in trace) == sorted(
+        ["READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"])
+    assert {r["status"] for r in trace} == {"COMPLETED"}
+
+
+def test_test_profile_results(real):
+    import anndata as ad
+
+    out = real.outdir
+    qc = pd.read_csv(out / "read_visium" / "qc_summary.csv")
+    assert list(qc["sample"]) == ["lymph_node"] and qc.loc[0, "n_spots"] == 1000
+    mapped = ad.read_h5ad(out / "map_cells" / "joint" / "lymph_node.cell2location.h5ad")
+    assert mapped.n_obs == 1000 and mapped.obsm["spatial"].shape == (1000, 2)
+    for stat in STATS:
+        table = mapped.obsm[f"{stat}_cell_abundance_w_sf"]
+        assert table.shape == (1000, 11)
+        assert [str(c).split("_w_sf_", 1)[1] for c in table.columns] == CELL_TYPES
+    q05 = pd.read_csv(out / "map_cells" / "joint" / "lymph_node.q05_cell_abundance_w_sf.csv", index_col=0)
+    q95 = pd.read_csv(out / "map_cells" / "joint" / "lymph_node.q95_cell_abundance_w_sf.csv", index_col=0)
+    assert q05.shape == q95.shape == (1000, 11)
+    assert (q05.values >= 0).all() and (q05.values <= q95.values + 1e-6).all()
+    sig = pd.read_csv(out / "train_reference" / "signatures.csv", index_col=0)
+    assert list(sig.columns) == CELL_TYPES
+
+
+def test_stub_output_tree(tmp_path_factory):
+    """-stub: the same published folders (cheap; catches publishDir / naming mistakes without training)."""
+    run = stub_run(tmp_path_factory)
+    tree = _tree(run.outdir)
+    for name in ("read_visium/lymph_node.h5ad", "filter_reference/reference_genes.csv",
+                 "train_reference/signatures.csv", "train_reference/reference_model/model.pt",
+                 "map_cells/joint/lymph_node.q95_cell_abundance_w_sf.csv", "map_cells/joint/joint_model/model.pt",
+                 "plot_spatial/lymph_node/lymph_node.overlay.png", "pipeline_info/software_versions.yml"):
+        assert name in tree, (name, sorted(tree))
+
+
+# --- two sections: joint model with ready signatures, then per sample ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_joint(tmp_path_factory):
+    sheet = two_sections(tmp_path_factory)
+    sig = signatures_csv(tmp_path_factory)
+
+    def make(folder):
+        return assert_ok(run_nf(folder, "--input", sheet, "--signatures", sig, *SHORT, profile="local"))
+
+    return shared("two_joint", make, tmp_path_factory)
+
+
+def test_two_sections_one_joint_model(two_joint):
+    import anndata as ad
+
+    out = two_joint.outdir / "map_cells" / "joint"
+    halves = {}
+    for sample in ("ln_left", "ln_right"):
+        mapped = ad.read_h5ad(out / f"{sample}.cell2location.h5ad")
+        halves[sample] = mapped
+        assert 400 <= mapped.n_obs <= 600, mapped.n_obs
+        for stat in STATS:
+            table = pd.read_csv(out / f"{sample}.{stat}_cell_abundance_w_sf.csv", index_col=0)
+            assert table.shape == (mapped.n_obs, 11) and (table.values >= 0).all()
+            assert list(table.index) == list(mapped.obs_names)
+        assert (two_joint.outdir / "plot_spatial" / sample / f"{sample}.overlay.png").stat().st_size > 1000
+        assert mapped.uns["c2l_sample"]["region"] == sample.split("_")[1]
+    assert halves["ln_left"].n_obs + halves["ln_right"].n_obs == 1000
+    assert not set(halves["ln_left"].obs_names) & set(halves["ln_right"].obs_names)
+    assert sorted(p.name for p in (two_joint.outdir / "map_cells").iterdir()) == ["joint"]
+    # one model for both sections
+    maps = two_joint.tasks("MAP_CELLS")
+    assert len(maps) == 1 and maps[0]["tag"] == "joint"
+    assert (out / "joint_model" / "model.pt").is_file()
+    qc = pd.read_csv(two_joint.outdir / "read_visium" / "qc_summary.csv")
+    assert sorted(qc["sample"]) == ["ln_left", "ln_right"] and qc["n_spots"].sum() == 1000
+
+
+def test_signatures_skip_reference_steps(two_joint, tmp_path_factory):
+    steps = sorted(r["process"].split(":")[-1] for r in two_joint.trace())
+    assert steps == ["MAP_CELLS", "PLOT_SPATIAL", "PLOT_SPATIAL", "READ_VISIUM", "READ_VISIUM"], steps
+    assert not (two_joint.outdir / "filter_reference").exists()
+    assert not (two_joint.outdir / "train_reference").exists()
+    # the signatures given are the ones the model used
+    cmd = (two_joint.task_dir("MAP_CELLS") / ".command.sh").read_text()
+    assert "--signatures signatures.csv" in cmd
+    staged = two_joint.task_dir("MAP_CELLS") / "signatures.csv"
+    assert staged.resolve() == signatures_csv(tmp_path_factory).resolve()
+
+
+def test_two_sections_per_sample(two_joint, tmp_path_factory):
+    """Same launch folder with -resume: READ_VISIUM comes from the cache, MAP_CELLS runs once per section."""
+    sheet = two_sections(tmp_path_factory)
+    sig = signatures_csv(tmp_path_factory)
+    run = assert_ok(run_nf(two_joint.launch, "-resume", "--input", sheet, "--signatures", sig,
+                           "--mapping_mode", "per_sample", *SHORT, outdir="per_sample", profile="local"))
+    assert sorted((r["tag"], r["status"]) for r in run.tasks("READ_VISIUM")) == [
+        ("ln_left", "CACHED"), ("ln_right", "CACHED")]
+    assert sorted((r["tag"], r["status"]) for r in run.tasks("MAP_CELLS")) == [
+        ("ln_left", "COMPLETED"), ("ln_right", "COMPLETED")]
+    out = run.outdir / "map_cells"
+    assert sorted(p.name for p in out.iterdir()) == ["ln_left", "ln_right"]
+    for sample in ("ln_left", "ln_right"):
+        folder = out / sample
+        assert (folder / f"{sample}_model" / "model.pt").is_file()
+        assert (folder / f"{sample}_history.csv").is_file() and (folder / f"{sample}_qc.png").is_file()
+        means = pd.read_csv(folder / f"{sample}.means_cell_abundance_w_sf.csv", index_col=0)
+        assert means.shape[1] == 11 and 400 <= len(means) <= 600
+        assert np.isfinite(means.values).all() and (means.values >= 0).all()
+        assert not (folder / f"{'ln_right' if sample == 'ln_left' else 'ln_left'}.cell2location.h5ad").exists()
+        assert len(list((run.outdir / "plot_spatial" / sample).glob("*.png"))) == 3
