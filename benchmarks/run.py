@@ -1,0 +1,338 @@
+"""`make bench`: accuracy, speed and memory of the pipeline vs the tutorial run by hand vs NNLS.
+
+One run does, on one machine and with the same inputs, epochs and seed for both cell2location methods:
+
+1. data with known truth: `--scale lymph` (default) simulates Visium-like spots from half of the real lymph
+   node reference (benchmarks/simulate.py, the cell2location paper's design); `--scale tutorial` generates
+   data of the tutorial's shapes (benchmarks/tutorial_scale.py);
+2. (a) the pipeline, `nextflow run main.nf -profile local ...` with its defaults, the spots as one h5ad
+   section; (b) benchmarks/tutorial_by_hand.py, the tutorial's calls in one Python process; (c) NNLS per
+   spot on the pipeline's signatures (shared genes);
+3. metrics (benchmarks/metrics.py) of q05 abundances (NNLS: its coefficients) against the true cell counts,
+   wall time and peak RSS (os.wait4 on each subprocess; per pipeline step from the Nextflow trace);
+4. prints one markdown table and writes benchmarks/results/bench_<scale>_<mode>_<timestamp>.json.
+
+Modes: `quick` (default; fits in 30 min on 2 CPU cores), `full` (the tutorial's epochs and 1000 posterior
+samples), `tiny` (a smoke test of the whole chain). Any setting can be overridden (--n-spots, --ref-epochs ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+TESTDATA = Path(os.environ.get("TESTDATA", REPO.parent / "shared" / "testdata"))
+MODES = {
+    # scale lymph: ~400 spots; quick settings measured to fit in 30 min on 2 cores (docs/benchmarks.md)
+    "quick": {"n_spots": 400, "ref_epochs": 250, "map_epochs": 3000, "ref_samples": 200, "map_samples": 200},
+    "full": {"n_spots": 2000, "ref_epochs": 250, "map_epochs": 30000, "ref_samples": 1000, "map_samples": 1000},
+    "tiny": {"n_spots": 60, "ref_epochs": 10, "map_epochs": 100, "ref_samples": 10, "map_samples": 10},
+}
+# tutorial scale on a CPU: epochs cut so that a run finishes (said in the output and the JSON)
+TUTORIAL_SCALE_CPU = {"ref_epochs": 2, "map_epochs": 30, "ref_samples": 10, "map_samples": 10}
+STEP_MAP = {  # pipeline process -> tutorial_by_hand steps doing the same work
+    "READ_VISIUM": ["read_spots"],
+    "FILTER_REFERENCE": ["filter_reference"],
+    "TRAIN_REFERENCE": ["train_reference.train", "train_reference.export_posterior", "train_reference.save"],
+    "MAP_CELLS": ["map_cells.setup", "map_cells.train", "map_cells.export_posterior", "map_cells.save"],
+    "PLOT_SPATIAL": [],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed_subprocess(cmd: list[str], cwd: Path, logfile: Path, env: dict | None = None) -> dict:
+    """Run cmd, stdout+stderr to logfile; wall seconds and the peak RSS of the process tree (os.wait4)."""
+    log("+ " + " ".join(map(str, cmd)))
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    t0 = time.perf_counter()
+    with open(logfile, "w") as fh:
+        proc = subprocess.Popen(list(map(str, cmd)), cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "".join(open(logfile, errors="replace").readlines()[-40:])
+        raise SystemExit(f"bench: {cmd[0]} failed (exit {proc.returncode}); last lines of {logfile}:\n{tail}")
+    # ru_maxrss (KiB on Linux): the largest single process among it and its waited-for descendants
+    return {"wall_s": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 3),
+            "cpu_user_s": round(usage.ru_utime, 1), "cpu_sys_s": round(usage.ru_stime, 1),
+            "load_avg_before": load_before, "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def parse_duration(text: str) -> float:
+    if not text or text == "-":
+        return float("nan")
+    return sum(float(v) * _UNITS[u] for v, u in re.findall(r"([\d.]+)\s*(ms|s|m|h|d)\b", text))
+
+
+def parse_bytes(text: str) -> float:
+    m = re.match(r"([\d.]+)\s*([KMGT]?B)", text or "")
+    return float(m.group(1)) * _BYTES[m.group(2)] if m else float("nan")
+
+
+def read_trace(outdir: Path) -> list[dict]:
+    files = sorted(glob.glob(str(outdir / "pipeline_info" / "execution_trace_*.txt")), key=os.path.getmtime)
+    if not files:
+        raise SystemExit(f"bench: no Nextflow trace under {outdir}/pipeline_info")
+    trace = pd.read_csv(files[-1], sep="\t")
+    rows = []
+    for _, r in trace.iterrows():
+        rows.append({"process": str(r["process"]).split(":")[-1], "status": r["status"],
+                     "realtime_s": parse_duration(str(r["realtime"])),
+                     "duration_s": parse_duration(str(r["duration"])),
+                     "peak_rss_gb": round(parse_bytes(str(r["peak_rss"])) / 1024**3, 3),
+                     "cpu_percent": str(r["%cpu"])})
+    return rows
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cell2location", "scvi-tools", "torch", "pyro-ppl", "lightning", "anndata", "scanpy", "numpy", "scipy",
+                "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        nf = subprocess.run(["nextflow", "-version"], capture_output=True, text=True, timeout=120).stdout
+        m = re.search(r"version\s+([\d.]+\S*)", nf)
+        out["nextflow"] = m.group(1) if m else None
+    except (OSError, subprocess.SubprocessError):
+        out["nextflow"] = None
+    return out
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "cpus_visible": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0))}
+    try:
+        mem = open("/proc/meminfo").read()
+        info["ram_gb"] = round(int(re.search(r"MemTotal:\s+(\d+)", mem).group(1)) / 1024**2, 1)
+        cpu = open("/proc/cpuinfo").read()
+        m = re.search(r"model name\s*:\s*(.+)", cpu)
+        info["cpu_model"] = m.group(1).strip() if m else None
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+        info["load_avg_at_start"] = [round(x, 2) for x in load]
+    except OSError:
+        pass
+    return info
+
+
+def device() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"accelerator": "gpu", "name": torch.cuda.get_device_name(0), "gpu_available": True}
+    return {"accelerator": "cpu", "name": "cpu", "gpu_available": False,
+            "note": "no GPU visible to torch: both methods trained on the CPU"}
+
+
+def fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def table(results: dict) -> str:
+    head = ("| method | prop. r (per spot) | prop. RMSE | abundance r | AUPR | wall (s) | peak RSS (GB) "
+            "| wall vs tutorial |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    tut_wall = results["tutorial_by_hand"]["wall_s"]
+    for name, label in (("pipeline", "pipeline (nextflow, defaults)"), ("tutorial_by_hand", "tutorial by hand"),
+                        ("nnls", "NNLS (pipeline signatures)")):
+        r = results[name]
+        m = r["metrics"]["overall"]
+        ratio = f"{r['wall_s'] / tut_wall:.2f}x" if name != "nnls" else "n/a"
+        lines.append(f"| {label} | {fmt(m['prop_pearson_spot'])} | {fmt(m['prop_rmse'])} | "
+                     f"{fmt(m['abundance_pearson'])} | {fmt(m['aupr'])} | {fmt(r['wall_s'], 1)} | "
+                     f"{fmt(r.get('peak_rss_gb'), 2)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--scale", choices=["lymph", "tutorial"], default="lymph")
+    ap.add_argument("--n-spots", type=int)
+    ap.add_argument("--ref-epochs", type=int)
+    ap.add_argument("--map-epochs", type=int)
+    ap.add_argument("--ref-samples", type=int)
+    ap.add_argument("--map-samples", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--panel", default="visium",
+                    help="genes the simulated spots carry: 'visium' (the real lymph node section's 2000 genes), "
+                         "'all', N random genes, or a gene-list file")
+    ap.add_argument("--reference", type=Path, default=TESTDATA / "lymph_node" / "reference.h5ad")
+    ap.add_argument("--workdir", type=Path, default=HERE / "work")
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--tutorial-cells", type=int, default=None, help="--scale tutorial: fewer cells (debugging)")
+    a = ap.parse_args()
+
+    settings = dict(MODES[a.mode])
+    dev = device()
+    reduced_note = None
+    if a.scale == "tutorial":
+        settings["n_spots"] = 4000
+        if dev["accelerator"] == "cpu" and a.mode != "tiny":
+            settings.update(TUTORIAL_SCALE_CPU)
+            reduced_note = (f"tutorial scale on CPU: epochs reduced to ref {settings['ref_epochs']} / map "
+                            f"{settings['map_epochs']}, {settings['ref_samples']}/{settings['map_samples']} posterior "
+                            "samples; speed per epoch is what this measures, not accuracy")
+    for key in ("n_spots", "ref_epochs", "map_epochs", "ref_samples", "map_samples"):
+        if getattr(a, key) is not None:
+            settings[key] = getattr(a, key)
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id = f"{a.scale}_{a.mode}_{stamp}"
+    work = (a.workdir / run_id).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    a.results.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+               MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
+    log(f"run {run_id}: settings {settings}; device {dev['name']}; work {work}")
+    if reduced_note:
+        log(reduced_note)
+
+    # 1. data with known truth
+    t0 = time.perf_counter()
+    if a.scale == "lymph":
+        import simulate
+
+        panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5") if a.panel == "visium" else a.panel
+        data = simulate.build(a.reference, work / "data", settings["n_spots"], a.seed, panel=panel)
+    else:
+        import tutorial_scale
+
+        shape = dict(tutorial_scale.TUTORIAL_SHAPES, n_spots=settings["n_spots"])
+        if a.tutorial_cells:
+            shape["n_cells"] = a.tutorial_cells
+        cache = a.workdir / ("tutorial_data_" + "_".join(f"{v}" for v in shape.values()) + f"_seed{a.seed}")
+        data = tutorial_scale.generate(cache.resolve(), seed=a.seed, **shape)
+    data_s = time.perf_counter() - t0
+    log(f"data ready in {data_s:.0f} s: {data['design_summary'].get('cells_per_spot')}")
+    truth = pd.read_csv(data["truth"], index_col=0)
+
+    # 2a. the pipeline
+    sheet = work / "samplesheet.csv"
+    sheet.write_text(f"sample,h5ad\nsim,{data['spots']}\n")
+    nf_out = work / "pipeline_out"
+    profile = "local,gpu" if dev["accelerator"] == "gpu" else "local"
+    nf_cmd = ["nextflow", "run", REPO / "main.nf", "-profile", profile, "-work-dir", work / "nf-work",
+              "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key", "sample",
+              "--outdir", nf_out, "--ref_max_epochs", settings["ref_epochs"], "--map_max_epochs", settings["map_epochs"],
+              "--ref_num_samples", settings["ref_samples"], "--map_num_samples", settings["map_samples"],
+              "--seed", a.seed]
+    pipe = timed_subprocess(nf_cmd, work, work / "pipeline.log", env)
+    pipe["steps"] = read_trace(nf_out)
+    pipe["peak_rss_gb_tasks"] = max(s["peak_rss_gb"] for s in pipe["steps"])
+    log(f"pipeline: {pipe['wall_s']:.0f} s")
+    pred_pipe = {s: pd.read_csv(nf_out / "map_cells" / "joint" / f"sim.{s}_cell_abundance_w_sf.csv", index_col=0)
+                 for s in ("q05", "means")}
+
+    # 2b. the tutorial by hand
+    tut_out = work / "tutorial_out"
+    tut_cmd = [sys.executable, HERE / "tutorial_by_hand.py", "--reference", data["reference"], "--spots", data["spots"],
+               "--outdir", tut_out, "--ref-max-epochs", settings["ref_epochs"], "--map-max-epochs",
+               settings["map_epochs"], "--ref-num-samples", settings["ref_samples"], "--map-num-samples",
+               settings["map_samples"], "--accelerator", dev["accelerator"], "--seed", a.seed]
+    tut = timed_subprocess(tut_cmd, work, work / "tutorial.log", env)
+    tut.update(json.loads((tut_out / "timings.json").read_text()))
+    log(f"tutorial by hand: {tut['wall_s']:.0f} s")
+    pred_tut = {s: pd.read_csv(tut_out / f"{s}_cell_abundance_w_sf.csv", index_col=0) for s in ("q05", "means")}
+
+    # 2c. NNLS on the pipeline's signatures
+    import anndata as ad
+
+    from metrics import evaluate, nnls_abundance
+
+    spots = ad.read_h5ad(data["spots"])
+    sig = pd.read_csv(nf_out / "train_reference" / "signatures.csv", index_col=0)
+    t0 = time.perf_counter()
+    pred_nnls = nnls_abundance(spots.X, spots.var_names, sig, spots.obs_names)
+    nnls_res = {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_gb": None,
+                "n_genes": int(len(sig.index.intersection(spots.var_names)))}
+
+    # 3. metrics
+    pipe["metrics"] = evaluate(truth, pred_pipe["q05"])
+    pipe["metrics_means"] = evaluate(truth, pred_pipe["means"])
+    tut["metrics"] = evaluate(truth, pred_tut["q05"])
+    tut["metrics_means"] = evaluate(truth, pred_tut["means"])
+    nnls_res["metrics"] = evaluate(truth, pred_nnls)
+    results = {"pipeline": pipe, "tutorial_by_hand": tut, "nnls": nnls_res}
+
+    # per-step speed: pipeline task realtime vs the tutorial's wall for the same work
+    tut_steps = {s["step"]: s["wall_s"] for s in tut["steps"]}
+    per_step = []
+    for s in pipe["steps"]:
+        mapped = STEP_MAP.get(s["process"], [])
+        t = sum(tut_steps.get(k, 0.0) for k in mapped) if mapped else None
+        per_step.append({"step": s["process"], "pipeline_realtime_s": s["realtime_s"],
+                         "pipeline_peak_rss_gb": s["peak_rss_gb"], "tutorial_steps": mapped, "tutorial_wall_s": t,
+                         "ratio_pipeline_over_tutorial": round(s["realtime_s"] / t, 2) if t else None})
+    per_step.append({"step": "import (tutorial: once; pipeline: inside every task)", "tutorial_wall_s": tut_steps.get("import")})
+    ratios = {"total_wall": round(pipe["wall_s"] / tut["wall_s"], 3),
+              "peak_rss": round(pipe["peak_rss_gb"] / tut["peak_rss_gb"], 3),
+              "peak_rss_tasks_only": round(pipe["peak_rss_gb_tasks"] / tut["peak_rss_gb"], 3),
+              "per_step": per_step}
+
+    md = table(results)
+    out = {
+        "run_id": run_id, "date": dt.datetime.now().isoformat(timespec="seconds"), "scale": a.scale, "mode": a.mode,
+        "settings": settings, "seed": a.seed, "reduced_epochs_note": reduced_note, "device": dev,
+        "machine": machine(), "versions": versions(), "data": {"seconds": round(data_s, 1), **data["design_summary"]},
+        "results": results, "ratio_pipeline_over_tutorial": ratios, "table_markdown": md,
+        "abundance_used": "q05_cell_abundance_w_sf (cell2location), NNLS coefficients; means in metrics_means",
+        "workdir": str(work),
+    }
+    path = a.results / f"bench_{run_id}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=float))
+    os.replace(tmp, path)
+
+    print(f"\n## cell2location benchmark: {a.scale} scale, {a.mode} mode ({settings['n_spots']} spots, "
+          f"ref {settings['ref_epochs']} / map {settings['map_epochs']} epochs, "
+          f"{settings['ref_samples']}/{settings['map_samples']} posterior samples, seed {a.seed})\n")
+    print(md)
+    print(f"\nDevice: {dev['name']}" + ("" if dev["gpu_available"] else " (no GPU available: CPU only)")
+          + f"; {out['machine'].get('cpus_usable')} CPU cores, {out['machine'].get('ram_gb')} GB RAM.")
+    if reduced_note:
+        print(f"NOTE: {reduced_note}.")
+    print("Per step, pipeline task realtime / tutorial wall: " + ", ".join(
+        f"{p['step']} {p['pipeline_realtime_s']:.1f}/{p['tutorial_wall_s']:.1f} s"
+        for p in per_step if p.get("tutorial_wall_s") is not None and "pipeline_realtime_s" in p)
+        + f"; tutorial import {tut_steps.get('import', float('nan')):.1f} s.")
+    print(f"Load average (1 min) before/after: pipeline {pipe['load_avg_before'][0]}/{pipe['load_avg_after'][0]}, "
+          f"tutorial {tut['load_avg_before'][0]}/{tut['load_avg_after'][0]} (other jobs share this machine).")
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
