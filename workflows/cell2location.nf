@@ -43,11 +43,18 @@ workflow CELL2LOCATION {
     MAP_CELLS(ch_map_in, ch_sig)
     ch_versions = ch_versions.mix(MAP_CELLS.out.versions)
 
-    // one mapped h5ad per section, back with the section's own meta
+    // one mapped h5ad per section, back with the section's own meta. A section without a mapped h5ad
+    // (its MAP_CELLS task failed, or the run was stopped) is dropped here, so that the task's own error is
+    // the one reported (failOnMismatch would add a "Join mismatch" error on top of it); a mapped h5ad
+    // without a section is a pipeline bug and stops the run.
     ch_mapped = MAP_CELLS.out.h5ad
         .flatMap { meta, files -> (files instanceof List ? files : [files]).collect { f -> [f.name - '.cell2location.h5ad', f] } }
-        .join(READ_VISIUM.out.h5ad.map { meta, h5ad -> [meta.id, meta] }, failOnMismatch: true)
-        .map { id, h5ad, meta -> [meta, h5ad] }
+        .join(READ_VISIUM.out.h5ad.map { meta, h5ad -> [meta.id, meta] }, remainder: true)
+        .filter { id, h5ad, meta -> h5ad != null }
+        .map { id, h5ad, meta ->
+            if (meta == null) { error("MAP_CELLS wrote ${h5ad.name}, which matches no section of the samplesheet") }
+            [meta, h5ad]
+        }
     PLOT_SPATIAL(ch_mapped)
     ch_versions = ch_versions.mix(PLOT_SPATIAL.out.versions)
 
