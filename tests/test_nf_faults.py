@@ -59,6 +59,8 @@ def test_killed_while_mapping_leaves_no_mapping_output(killed):
     assert not list(task.glob("*.cell2location.h5ad")), "a killed MAP_CELLS left a result behind"
     assert not (base.launch / "killed" / "map_cells").exists()
     assert not (base.launch / "killed" / "plot_spatial").exists()
+    # stopping the run reports the stop, not a pipeline error such as a join mismatch
+    assert "Join mismatch" not in (base.launch / "background.stdout").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,9 @@ def test_plot_param_reruns_only_plot_spatial(resumed):
     assert "--n-overlay 3" in (run.task_dir("PLOT_SPATIAL") / ".command.sh").read_text()
 
 
-RETRY_CONFIG = """
-// READ_VISIUM's first attempt dies as if the OOM killer had sent SIGKILL (exit 137)
+FAULTS_CONFIG = """
+// READ_VISIUM's first attempt dies as if the OOM killer had sent SIGKILL (exit 137);
+// MAP_CELLS fails like a data error (exit 1, one 'Error:' line)
 executor {
     $local { memory = 64.GB }   // let the local executor accept attempt 2's request on a small machine
 }
@@ -99,20 +102,38 @@ process {
     withName: 'READ_VISIUM' {
         beforeScript = { task.attempt == 1 ? 'echo simulated OOM kill >&2; exit 137' : 'true' }
     }
+    withName: 'MAP_CELLS' {
+        beforeScript = 'echo "Error: sample lymph_node, field signatures: simulated" >&2; exit 1'
+    }
 }
 """
 
 
-def test_exit_137_is_retried_with_twice_the_memory(tmp_path):
-    """-stub is enough here: the retry and the memory come from conf/base.config, not from the script."""
-    config = tmp_path / "retry.config"
-    config.write_text(RETRY_CONFIG)
-    run = assert_ok(run_nf(tmp_path, "-stub", "-c", config))
-    rows = sorted(run.tasks("READ_VISIUM"), key=lambda r: int(r["attempt"]))
+@pytest.fixture(scope="module")
+def injected(tmp_path_factory):
+    """-stub is enough: the retries and the memory come from conf/base.config, not from the scripts."""
+    folder = tmp_path_factory.mktemp("injected_faults")
+    config = folder / "faults.config"
+    config.write_text(FAULTS_CONFIG)
+    return run_nf(folder, "-stub", "-c", config)
+
+
+def test_exit_137_is_retried_with_twice_the_memory(injected):
+    rows = sorted(injected.tasks("READ_VISIUM"), key=lambda r: int(r["attempt"]))
     assert [(r["attempt"], r["status"], r["exit"]) for r in rows] == [("1", "FAILED", "137"), ("2", "COMPLETED", "0")]
     assert rows[0]["memory"] == "12 GB" and rows[1]["memory"] == "24 GB"          # process_low: 12.GB * attempt
-    assert "terminated with an error exit status (137) -- Execution is retried (1)" in run.output
-    assert (run.outdir / "map_cells" / "joint" / "lymph_node.q05_cell_abundance_w_sf.csv").exists()
+    assert "terminated with an error exit status (137) -- Execution is retried (1)" in injected.output
+    assert (injected.outdir / "read_visium" / "lymph_node.h5ad").exists()
+
+
+def test_failed_mapping_is_not_retried_and_reports_only_its_own_error(injected):
+    """The task's message and nothing else: no 'Join mismatch' from the wiring below MAP_CELLS."""
+    assert injected.returncode == 1, injected.describe()
+    assert [(r["attempt"], r["status"], r["exit"]) for r in injected.tasks("MAP_CELLS")] == [("1", "FAILED", "1")]
+    assert "Error: sample lymph_node, field signatures: simulated" in injected.output
+    assert "Join mismatch" not in injected.output, injected.describe()
+    assert injected.tasks("PLOT_SPATIAL") == []
+    assert not (injected.outdir / "map_cells").exists()
 
 
 def test_data_error_is_not_retried(tmp_path_factory):
@@ -121,3 +142,4 @@ def test_data_error_is_not_retried(tmp_path_factory):
     rows = run.tasks("READ_VISIUM")
     assert [(r["attempt"], r["status"], r["exit"]) for r in rows] == [("1", "FAILED", "1")]
     assert "Execution is retried" not in run.output
+
