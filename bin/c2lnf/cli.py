@@ -72,14 +72,33 @@ def training_options(func):
     return func
 
 
-def _start_training(device: str, require_gpu: bool, threads: int | None, seed: int) -> str:
+def _start_training(device: str, require_gpu: bool, threads: int | None, seed: int) -> tuple[str, str]:
+    """Threads, seeds and the device; returns (scvi accelerator, device description)."""
     from .runtime import resolve_device, seed_everything, set_threads
 
     set_threads(threads)
     seed_everything(seed)
     accelerator, description = resolve_device(device, require_gpu)
     LOG.info("training device: %s", description)
-    return accelerator
+    return accelerator, description
+
+
+def _write_summary(model, history, device: str, seconds: float, path: Path) -> None:
+    """<name>_training.json: epochs, ELBO flatness, device, time and the reconstruction accuracy."""
+    import json
+
+    from .training import reconstruction_metrics, training_summary
+
+    try:
+        qc = reconstruction_metrics(model)
+    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training (e.g. upstream #74)
+        LOG.warning("reconstruction metrics not computed: %s", exc)
+        qc = None
+    summary = training_summary(model, history, device, seconds, qc)
+    if qc:
+        LOG.info("reconstruction accuracy: Pearson r %.3f (log1p %.3f) over %d observations",
+                 qc["pearson_r"], qc["pearson_r_log1p"], qc["n_obs_used"])
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -175,13 +194,19 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
     from .train_reference import plot_reference_qc, signatures, train_reference
     from .training import history_frame, plot_history
 
+    import time
+
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1)
-    accelerator = _start_training(device, require_gpu, threads, seed)
+    accelerator, device_name = _start_training(device, require_gpu, threads, seed)
+    start = time.perf_counter()
     model, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, max_epochs, batch_size,
                                    lr, accelerator, num_samples, log_every)
+    seconds = time.perf_counter() - start
+    history = history_frame(model)
     with staged_outputs(outdir) as out:
         signatures(adata).to_csv(out.path("signatures.csv"))
-        history_frame(model).to_csv(out.path("reference_history.csv"), index=False)
+        history.to_csv(out.path("reference_history.csv"), index=False)
+        _write_summary(model, history, device_name, seconds, out.path("reference_training.json"))
         plot_history(model, out.path("reference_history.png"), skip=20, title="reference regression model")
         plot_reference_qc(model, out.path("reference_qc.png"))
         model.save(str(out.path("reference_model")), overwrite=True)
@@ -218,10 +243,14 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
         if sample in loaded:
             raise C2LError("given twice", sample, "sample")
         loaded[sample] = adata
+    import time
+
     sig = read_signatures(signatures)
-    accelerator = _start_training(device, require_gpu, threads, seed)
+    accelerator, device_name = _start_training(device, require_gpu, threads, seed)
+    start = time.perf_counter()
     model, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, max_epochs, lr, accelerator,
                                 num_samples, log_every)
+    seconds = time.perf_counter() - start
     history = history_frame(model)
     LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
     with staged_outputs(outdir) as out:
@@ -230,6 +259,7 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
             for stat in STATS:
                 abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
         history.to_csv(out.path(f"{run_id}_history.csv"), index=False)
+        _write_summary(model, history, device_name, seconds, out.path(f"{run_id}_training.json"))
         plot_history(model, out.path(f"{run_id}_history.png"), skip=max(1, min(1000, max_epochs // 10)),
                      title=f"cell2location model '{run_id}'")
         plot_qc(model, out.path(f"{run_id}_qc.png"))

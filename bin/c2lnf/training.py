@@ -89,3 +89,42 @@ def flatness(history: pd.DataFrame, tail: float = 0.1) -> float:
         return float("nan")
     last, before = y[-k:].mean(), y[-2 * k : -k].mean()
     return float(abs(before - last) / abs(last))
+
+
+def reconstruction_metrics(model, n_obs: int = 1000, seed: int = 0) -> dict:
+    """The numbers behind plot_QC's reconstruction panel: observed counts vs posterior expected counts.
+
+    Pearson r over all (observation, gene) pairs of up to `n_obs` random observations, on counts and on
+    log1p(counts). Needs export_posterior() to have run (model.samples).
+    """
+    import scipy.sparse as sp
+
+    n = model.adata_manager.adata.n_obs
+    ind = np.sort(np.random.default_rng(seed).choice(n, min(n_obs, n), replace=False))
+    expected = model.module.model.compute_expected(model.samples["post_sample_means"], model.adata_manager, ind_x=ind)
+    mu = np.asarray(expected["mu"], dtype=float)
+    x = model.adata_manager.get_from_registry("X")[ind, :]
+    x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=float)
+
+    def pearson(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    return {
+        "n_obs_used": int(len(ind)),
+        "n_genes": int(x.shape[1]),
+        "pearson_r": pearson(x, mu),
+        "pearson_r_log1p": pearson(np.log1p(x), np.log1p(mu)),
+    }
+
+
+def training_summary(model, history: pd.DataFrame, device: str, seconds: float, qc: dict | None) -> dict:
+    """What a user checks after training: epochs, final -ELBO, flatness, device, time, reconstruction."""
+    return {
+        "epochs": int(len(history)),
+        "final_elbo": float(history["elbo_train"].iloc[-1]),
+        "elbo_relative_change_last_10pct": flatness(history),
+        "device": device,
+        "train_seconds": round(float(seconds), 1),
+        "seconds_per_epoch": round(float(seconds) / max(1, len(history)), 5),
+        "reconstruction": qc,
+    }

@@ -19,6 +19,7 @@ process MAP_CELLS {
     tuple val(meta), path("${meta.id}_history.png")       , emit: history_plot
     tuple val(meta), path("${meta.id}_history.csv")       , emit: history
     tuple val(meta), path("${meta.id}_qc.png")            , emit: qc_plot
+    tuple val(meta), path("${meta.id}_training.json")     , emit: summary
     path "versions.yml"                                   , emit: versions
 
     when:
@@ -49,6 +50,7 @@ process MAP_CELLS {
     mkdir -p ${meta.id}_model && touch ${meta.id}_model/model.pt
     touch ${meta.id}_history.png ${meta.id}_qc.png
     echo 'epoch,elbo_train' > ${meta.id}_history.csv
+    echo '{}' > ${meta.id}_training.json
     c2l versions --process '${task.process}' > versions.yml
     """
 }

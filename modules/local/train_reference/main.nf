@@ -19,6 +19,7 @@ process TRAIN_REFERENCE {
     path "reference_history.png"   , emit: history_plot
     path "reference_history.csv"   , emit: history
     path "reference_qc.png"        , emit: qc_plot
+    path "reference_training.json" , emit: summary
     path "versions.yml"            , emit: versions
 
     when:
@@ -44,6 +45,7 @@ process TRAIN_REFERENCE {
     echo 'gene,stub_type_a,stub_type_b' > signatures.csv
     touch reference_posterior.h5ad reference_history.png reference_qc.png
     echo 'epoch,elbo_train' > reference_history.csv
+    echo '{}' > reference_training.json
     c2l versions --process '${task.process}' > versions.yml
     """
 }
