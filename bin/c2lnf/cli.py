@@ -279,12 +279,13 @@ def plot_spatial_cmd(section, overlay_cell_types, n_overlay, outdir):
     """Spatial maps of one mapped section: q05 per cell type, a multi-type overlay, per-spot pie charts."""
     import anndata as ad
 
-    from .plot_spatial import plot_abundance_maps, plot_overlay, plot_proportion_pies, top_cell_types
+    from .plot_spatial import check_cell_types, plot_abundance_maps, plot_overlay, plot_proportion_pies, top_cell_types
     from .runtime import save_figures, staged_outputs
 
     adata = ad.read_h5ad(section)
     sample = str(adata.uns.get("c2l_sample", {}).get("sample") or Path(section).name.split(".")[0])
     overlay = overlay_cell_types or top_cell_types(adata, n_overlay)
+    check_cell_types(adata, overlay)
     with staged_outputs(outdir) as out:
         save_figures([plot_abundance_maps(adata)], out.path(f"{sample}.q05_abundance.png"))
         save_figures([plot_overlay(adata, overlay)], out.path(f"{sample}.overlay.png"))

@@ -83,15 +83,21 @@ def top_cell_types(adata: ad.AnnData, n: int = 6, stat: str = "q05") -> list[str
     return list(abundance(adata, stat).sum(axis=0).sort_values(ascending=False).index[:n])
 
 
+def check_cell_types(adata: ad.AnnData, cell_types: list[str], stat: str = "q05") -> None:
+    """Fail early when the overlay names a cell type the model does not have."""
+    known = list(abundance(adata, stat).columns)
+    unknown = [c for c in cell_types if c not in known]
+    if unknown:
+        raise C2LError(f"unknown cell type(s) {unknown}; known: {known}",
+                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), "overlay_cell_types")
+
+
 def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
     """cell2location.plt.plot_spatial: several cell types in one map, one colour each (at most 7)."""
     from cell2location.plt import plot_spatial
 
     table = abundance(adata, stat)
-    unknown = [c for c in cell_types if c not in table.columns]
-    if unknown:
-        raise C2LError(f"unknown cell type(s) {unknown}; known: {list(table.columns)}",
-                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), "overlay_cell_types")
+    check_cell_types(adata, cell_types, stat)
     cell_types = cell_types[:7]
     slide = _slide_with(adata, table[cell_types])
     lib, img_key, sf = library(adata)
