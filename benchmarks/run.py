@@ -206,8 +206,10 @@ def main() -> None:
             reduced_note = (f"tutorial scale on CPU: epochs reduced to ref {settings['ref_epochs']} / map "
                             f"{settings['map_epochs']}, {settings['ref_samples']}/{settings['map_samples']} posterior "
                             "samples; speed per epoch is what this measures, not accuracy")
+    overridden = {}
     for key in ("n_spots", "ref_epochs", "map_epochs", "ref_samples", "map_samples"):
-        if getattr(a, key) is not None:
+        if getattr(a, key) is not None and getattr(a, key) != settings[key]:
+            overridden[key] = {"mode_default": settings[key], "used": getattr(a, key)}
             settings[key] = getattr(a, key)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -306,7 +308,7 @@ def main() -> None:
     md = table(results)
     out = {
         "run_id": run_id, "date": dt.datetime.now().isoformat(timespec="seconds"), "scale": a.scale, "mode": a.mode,
-        "settings": settings, "seed": a.seed, "reduced_epochs_note": reduced_note, "device": dev,
+        "settings": settings, "settings_overridden": overridden, "seed": a.seed, "reduced_epochs_note": reduced_note, "device": dev,
         "machine": machine(), "versions": versions(), "data": {"seconds": round(data_s, 1), **data["design_summary"]},
         "results": results, "ratio_pipeline_over_tutorial": ratios, "table_markdown": md,
         "abundance_used": "q05_cell_abundance_w_sf (cell2location), NNLS coefficients; means in metrics_means",
@@ -325,6 +327,9 @@ def main() -> None:
           + f"; {out['machine'].get('cpus_usable')} CPU cores, {out['machine'].get('ram_gb')} GB RAM.")
     if reduced_note:
         print(f"NOTE: {reduced_note}.")
+    if overridden:
+        print("NOTE: settings changed from the " + a.mode + " defaults: " + ", ".join(
+            f"{k} {v['mode_default']} -> {v['used']}" for k, v in overridden.items()) + ".")
     print("Per step, pipeline task realtime / tutorial wall: " + ", ".join(
         f"{p['step']} {p['pipeline_realtime_s']:.1f}/{p['tutorial_wall_s']:.1f} s"
         for p in per_step if p.get("tutorial_wall_s") is not None and "pipeline_realtime_s" in p)

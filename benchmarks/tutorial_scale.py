@@ -7,7 +7,7 @@ the same shapes (seeded, one `numpy.random.default_rng(seed)`):
 * **Gene profiles.** A base profile p_g ~ Gamma(0.3, 1) (normalised); each type multiplies 5% of the genes
   (its markers) by exp(N(1.5, 0.5)) and every gene by exp(N(0, 0.2)); each batch multiplies every gene by
   exp(N(0, 0.1)). Profiles are renormalised to sum to 1.
-* **Cells.** Type sizes ~ Dirichlet(2) (at least 200 cells each), batches assigned uniformly; library size
+* **Cells.** Type sizes ~ Dirichlet(2) (at least 200 cells each at full size), batches assigned uniformly; library size
   L_c ~ LogNormal(log 2500, 0.4); counts ~ NB(mean = L_c * p_{type, batch, g}, shape 5) as Gamma-Poisson,
   generated in chunks straight into a sparse CSR matrix.
 * **Spots.** Composition from `simulate.simulate_composition` (the paper's zones + Gamma design: 8 zones,
@@ -75,9 +75,9 @@ def generate(
     prof /= prof.sum(axis=1, keepdims=True)
     batch_eff = np.exp(rng.normal(0, 0.1, size=(n_batches, n_genes)))
 
-    sizes = rng.dirichlet(np.full(n_types, 2.0))
-    sizes = np.maximum(200, np.floor(sizes * (n_cells - 200 * n_types)).astype(int) + 200)
-    sizes[-1] += n_cells - sizes.sum()
+    min_size = min(200, n_cells // (2 * n_types))
+    sizes = np.floor(rng.dirichlet(np.full(n_types, 2.0)) * (n_cells - min_size * n_types)).astype(int) + min_size
+    sizes[np.argmax(sizes)] += n_cells - sizes.sum()
     labels = np.repeat(np.arange(n_types), sizes)
     rng.shuffle(labels)
     batch = rng.integers(0, n_batches, size=n_cells)
