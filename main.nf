@@ -153,10 +153,12 @@ workflow {
         params.mapping_mode,
     )
 
+    // copied (not storeDir) so that a run whose sections all fail leaves no empty read_visium/ behind
+    def qcSummary = file("${params.outdir}/read_visium/qc_summary.csv")
     CELL2LOCATION.out.qc
         .map { meta, qc -> qc }
-        .collectFile(name: 'qc_summary.csv', keepHeader: true, skip: 1, sort: true,
-                     storeDir: "${params.outdir}/read_visium")
+        .collectFile(name: 'qc_summary.csv', keepHeader: true, skip: 1, sort: true)
+        .subscribe { summary -> qcSummary.parent.mkdirs(); summary.copyTo(qcSummary) }
 
     CELL2LOCATION.out.versions
         .unique()
