@@ -37,6 +37,7 @@ def test_test_profile_output_tree(real):
         "train_reference/signatures.csv", "train_reference/reference_posterior.h5ad",
         "train_reference/reference_history.csv", "train_reference/reference_history.png",
         "train_reference/reference_qc.png", "train_reference/reference_model/model.pt",
+        "train_reference/reference_training.json", "map_cells/joint/joint_training.json",
         "map_cells/joint/lymph_node.cell2location.h5ad",
         *[f"map_cells/joint/lymph_node.{s}_cell_abundance_w_sf.csv" for s in STATS],
         "map_cells/joint/joint_history.csv", "map_cells/joint/joint_history.png", "map_cells/joint/joint_qc.png",
@@ -170,7 +171,8 @@ def test_two_sections_per_sample(two_joint, tmp_path_factory):
     for sample in ("ln_left", "ln_right"):
         folder = out / sample
         assert (folder / f"{sample}_model" / "model.pt").is_file()
-        assert (folder / f"{sample}_history.csv").is_file() and (folder / f"{sample}_qc.png").is_file()
+        for name in (f"{sample}_history.csv", f"{sample}_qc.png", f"{sample}_training.json"):
+            assert (folder / name).is_file(), name
         means = pd.read_csv(folder / f"{sample}.means_cell_abundance_w_sf.csv", index_col=0)
         assert means.shape[1] == 11 and 400 <= len(means) <= 600
         assert np.isfinite(means.values).all() and (means.values >= 0).all()
