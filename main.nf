@@ -76,6 +76,9 @@ def validateParameters() {
     if (params.reference && params.signatures) { errors << "--reference and --signatures: give one, not both" }
     if (!params.reference && !params.signatures) { errors << "--reference or --signatures: one is required" }
     if (params.reference && !params.labels_key) { errors << "--labels_key: required with --reference" }
+    if (params.require_gpu && !(workflow.profile.tokenize(',').contains('gpu'))) {
+        errors << "--require_gpu: only meaningful with -profile gpu (no process is given a GPU without it)"
+    }
     ['input', 'reference', 'signatures'].each { key ->
         if (params[key] && !file(params[key]).exists()) { errors << "--${key}: file not found: ${params[key]}" }
     }

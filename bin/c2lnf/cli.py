@@ -108,9 +108,15 @@ def _write_summary(model, history, device: str, seconds: float, path: Path) -> N
               help="Digest of this package stamped by the pipeline so that -resume notices code changes.")
 def cli(verbose: bool, pipeline_digest: str | None) -> None:
     """cell2location-nf: the steps of the cell2location workflow, one subcommand each."""
-    from .runtime import setup_logging
+    from .runtime import package_digest, setup_logging
 
     setup_logging(verbose)
+    if pipeline_digest and pipeline_digest != package_digest():
+        LOG.warning(
+            "this c2l (%s, package digest %s) is not the pipeline's bin/ (digest %s): a container image built "
+            "from other code? Rebuild the image, or results may differ from this version of the pipeline",
+            sys.argv[0], package_digest(), pipeline_digest,
+        )
 
 
 @cli.command("read-visium")

@@ -84,7 +84,13 @@ def resolve_device(device: str, require_gpu: bool = False) -> tuple[str, str]:
 
     if device == "cpu":
         if require_gpu:
-            raise RuntimeError("--require-gpu was given together with --device cpu")
+            from .errors import C2LError
+
+            raise C2LError(
+                "a GPU was required (--require-gpu) but this task was given none (--device cpu): "
+                "run the pipeline with -profile gpu",
+                field="device",
+            )
         return "cpu", "cpu"
     has_cuda = torch.cuda.is_available()
     if not has_cuda:
@@ -206,3 +212,15 @@ def write_h5ad(adata, path: Path) -> Path:
     """Write an h5ad compressed (tissue images and sparse counts shrink a lot)."""
     adata.write_h5ad(path, compression="gzip")
     return path
+
+
+def package_digest() -> str:
+    """SHA-256 (16 hex) of this package's .py files: the same digest nextflow.config stamps into commands."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    md = hashlib.sha256()
+    for f in sorted(root.rglob("*.py"), key=lambda p: str(p)):
+        md.update(("/" + str(f.relative_to(root))).encode())
+        md.update(f.read_bytes())
+    return md.hexdigest()[:16]
