@@ -140,7 +140,7 @@ def machine() -> dict:
         pass
     try:
         load = os.getloadavg()
-        info["load_avg_at_start"] = [round(x, 2) for x in load]
+        info["load_avg"] = [round(x, 2) for x in load]
     except OSError:
         pass
     return info
@@ -219,6 +219,7 @@ def main() -> None:
     a.results.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
+    mach = machine()  # load average at the start of the run
     log(f"run {run_id}: settings {settings}; device {dev['name']}; work {work}")
     if reduced_note:
         log(reduced_note)
@@ -309,7 +310,7 @@ def main() -> None:
     out = {
         "run_id": run_id, "date": dt.datetime.now().isoformat(timespec="seconds"), "scale": a.scale, "mode": a.mode,
         "settings": settings, "settings_overridden": overridden, "seed": a.seed, "reduced_epochs_note": reduced_note, "device": dev,
-        "machine": machine(), "versions": versions(), "data": {"seconds": round(data_s, 1), **data["design_summary"]},
+        "machine": {**mach, "load_avg_at_end": machine().get("load_avg")}, "versions": versions(), "data": {"seconds": round(data_s, 1), **data["design_summary"]},
         "results": results, "ratio_pipeline_over_tutorial": ratios, "table_markdown": md,
         "abundance_used": "q05_cell_abundance_w_sf (cell2location), NNLS coefficients; means in metrics_means",
         "workdir": str(work),
