@@ -98,8 +98,8 @@ demo: setup
 	@echo "  $(OUTDIR)/pipeline_info/  Nextflow report, timeline and trace"
 
 test: setup
-	@echo "+ python -m pytest tests $(PYTEST_ARGS)"
-	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS) || { rc=$$?; \
+	@echo "+ python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS)"
+	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }
 
 bench: setup
