@@ -108,17 +108,21 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
                                                                       "spot_diameter_fullres": _spot_size_px(adata)}}}
         img_key = "hires"
     show_img = bool((slide.uns["spatial"][lib].get("images") or {}).get(img_key) is not None)
-    fig = plot_spatial(
-        adata=slide,
-        color=cell_types,
-        labels=cell_types,
-        show_img=show_img,
-        img_key=img_key,
-        style="fast",
-        max_color_quantile=0.992,
-        circle_diameter=6,
-        colorbar_position="right",
-    )
+    import matplotlib as mpl
+
+    # the tutorial draws this at 15 x 15 inches: smaller, the colour-bar labels run into each other
+    with mpl.rc_context({"figure.figsize": (15, 15), "font.size": 14}):
+        fig = plot_spatial(
+            adata=slide,
+            color=cell_types,
+            labels=cell_types,
+            show_img=show_img,
+            img_key=img_key,
+            style="fast",
+            max_color_quantile=0.992,
+            circle_diameter=6,
+            colorbar_position="right",
+        )
     return fig
 
 
@@ -150,7 +154,9 @@ def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: f
             wedges.append(Wedge((x, y), radius, start, start + 360 * frac))
             facecolors.append(colours[j])
             start += 360 * frac
-    fig, ax = plt.subplots(figsize=(9, 8))
+    # large enough that a pie per spot stays readable on a full Visium section
+    side = float(np.clip(np.sqrt(len(xy)) / 3.5, 9, 30))
+    fig, ax = plt.subplots(figsize=(side + 3, side))
     if img_key:
         ax.imshow(adata.uns["spatial"][lib]["images"][img_key], cmap="gray")
     ax.add_collection(PatchCollection(wedges, facecolors=facecolors, edgecolor="none"))
