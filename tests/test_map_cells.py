@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -80,7 +82,7 @@ def test_read_signatures_roundtrip(tmp_path):
 
 def test_joint_mapping_outputs(joint_mapping, ln_halves):
     names = {p.name for p in joint_mapping.iterdir()}
-    expected = {"joint_history.csv", "joint_history.png", "joint_qc.png", "joint_model"}
+    expected = {"joint_history.csv", "joint_history.png", "joint_qc.png", "joint_model", "joint_training.json"}
     for sample in ln_halves:
         expected.add(f"{sample}.cell2location.h5ad")
         expected |= {f"{sample}.{stat}_cell_abundance_w_sf.csv" for stat in STATS}
@@ -91,6 +93,11 @@ def test_joint_mapping_outputs(joint_mapping, ln_halves):
     assert len(history) == 20 and np.isfinite(history["elbo_train"]).all()
     assert_png(joint_mapping / "joint_history.png")
     assert_png(joint_mapping / "joint_qc.png")
+    summary = json.loads((joint_mapping / "joint_training.json").read_text())
+    assert summary["epochs"] == 20 and summary["device"] == "cpu"
+    rec = summary["reconstruction"]
+    n_spots = sum(ad.read_h5ad(p, backed="r").n_obs for p in ln_halves.values())
+    assert rec["n_obs_used"] == min(1000, n_spots) and 0 < rec["pearson_r"] <= 1
 
 
 @pytest.mark.parametrize("sample", ["ln_left", "ln_right"])

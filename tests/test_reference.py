@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -30,7 +32,12 @@ def test_filter_reference_outputs(filtered_reference, lymph_node):
 def test_train_reference_outputs(reference_run):
     names = sorted(p.name for p in reference_run.iterdir())
     assert names == ["reference_history.csv", "reference_history.png", "reference_model", "reference_posterior.h5ad",
-                     "reference_qc.png", "signatures.csv"]
+                     "reference_qc.png", "reference_training.json", "signatures.csv"]
+    summary = json.loads((reference_run / "reference_training.json").read_text())
+    assert summary["epochs"] == 3 and summary["device"] == "cpu"
+    assert np.isfinite(summary["final_elbo"]) and summary["train_seconds"] > 0
+    rec = summary["reconstruction"]
+    assert rec["n_obs_used"] == 330 and -1 <= rec["pearson_r"] <= 1 and -1 <= rec["pearson_r_log1p"] <= 1
     no_staging(reference_run)
     assert (reference_run / "reference_model" / "model.pt").is_file()
     history = pd.read_csv(reference_run / "reference_history.csv")
