@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .read_visium import ENSEMBL_RE
-from .training import trainer_kwargs
+from .training import posterior_kwargs, trainer_kwargs
 
 LOG = logging.getLogger("c2l.map_cells")
 STATS = ("means", "stds", "q05", "q95")
@@ -159,10 +159,7 @@ def map_cells(
              len(sections), combined.n_obs, len(genes), signatures.shape[1], max_epochs, accelerator)
     model.train(max_epochs=max_epochs, batch_size=None, train_size=1, lr=lr,
                 **trainer_kwargs(max_epochs, accelerator, log_every))
-    sample_kwargs = {"num_samples": num_samples, "batch_size": combined.n_obs, "accelerator": accelerator}
-    if accelerator == "gpu":
-        sample_kwargs["device"] = 1
-    combined = model.export_posterior(combined, sample_kwargs=sample_kwargs)
+    combined = model.export_posterior(combined, sample_kwargs=posterior_kwargs(num_samples, combined.n_obs, accelerator))
     combined.uns["c2l_params"] = {
         "n_cells_per_location": float(next(iter(n_cells.values()))),
         "detection_alpha": {k: float(v) for k, v in alpha.items()},

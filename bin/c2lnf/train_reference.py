@@ -7,7 +7,7 @@ import logging
 import anndata as ad
 import pandas as pd
 
-from .training import trainer_kwargs
+from .training import posterior_kwargs, trainer_kwargs
 
 LOG = logging.getLogger("c2l.train_reference")
 
@@ -43,10 +43,7 @@ def train_reference(
         lr=lr,
         **trainer_kwargs(max_epochs, accelerator, log_every),
     )
-    sample_kwargs = {"num_samples": num_samples, "batch_size": batch_size, "accelerator": accelerator}
-    if accelerator == "gpu":
-        sample_kwargs["device"] = 1
-    adata = model.export_posterior(adata, sample_kwargs=sample_kwargs)
+    adata = model.export_posterior(adata, sample_kwargs=posterior_kwargs(num_samples, batch_size, accelerator))
     return model, adata
 
 

@@ -49,6 +49,14 @@ def trainer_kwargs(max_epochs: int, accelerator: str, log_every: int | None = No
     return kwargs
 
 
+def posterior_kwargs(num_samples: int, batch_size: int, accelerator: str) -> dict:
+    """sample_kwargs for export_posterior(): samples, minibatch size and the same device as training."""
+    kwargs = {"num_samples": num_samples, "batch_size": batch_size, "accelerator": accelerator}
+    if accelerator == "gpu":
+        kwargs["device"] = 1
+    return kwargs
+
+
 def history_frame(model) -> pd.DataFrame:
     """The -ELBO per epoch as a table."""
     h = model.history_["elbo_train"]
