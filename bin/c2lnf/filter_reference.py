@@ -76,9 +76,10 @@ def filter_reference(
     nonz_mean_cutoff: float = 1.12,
 ) -> tuple[ad.AnnData, list]:
     """cell2location.utils.filtering.filter_genes with the tutorial's cut-offs; returns (filtered, figures)."""
-    from cell2location.utils.filtering import filter_genes
-
+    from .light_imports import cell2location_function
     from .runtime import captured_figures
+
+    filter_genes = cell2location_function("utils.filtering", "filter_genes")  # without torch: see light_imports
 
     with captured_figures() as figures:
         selected = filter_genes(

@@ -94,7 +94,9 @@ def check_cell_types(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"
 
 def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
     """cell2location.plt.plot_spatial: several cell types in one map, one colour each (at most 7)."""
-    from cell2location.plt import plot_spatial
+    from .light_imports import cell2location_function
+
+    plot_spatial = cell2location_function("plt.plot_spatial", "plot_spatial")  # without torch: see light_imports
 
     table = abundance(adata, stat)
     check_cell_types(adata, cell_types, stat)

@@ -23,8 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +163,9 @@ def download(url: str, target: Path, sha256: str, name: str | None = None, timeo
 
     A failed or mismatching download leaves nothing behind.
     """
+    import urllib.error  # here, not at the top: urllib.request pulls in http, ssl and email for every `c2l` call
+    import urllib.request
+
     name = name or target.name
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
