@@ -27,12 +27,14 @@ def helpMessage() {
       --signatures                genes x cell types CSV from a previous run      (skips reference training)
       --labels_key / --batch_key / --categorical_covariate_keys / --reference_gene_id_column
 
-    Main options (tutorial defaults):
+    Main options:
       --mapping_mode joint|per_sample   [${params.mapping_mode}]
       --n_cells_per_location            [${params.n_cells_per_location}]
       --detection_alpha                 [${params.detection_alpha}]
-      --ref_max_epochs                  [${params.ref_max_epochs}]
-      --map_max_epochs                  [${params.map_max_epochs}]
+      --ref_max_epochs                  [${params.ref_max_epochs}]   (ceiling: training stops at convergence)
+      --map_max_epochs                  [${params.map_max_epochs}] (ceiling: training stops at convergence)
+      --tutorial_settings               [${params.tutorial_settings}] (exactly the tutorial: fixed epochs, lr 0.002,
+                                                1000-sample export)
 
     All parameters: nextflow_schema.json, docs/usage.md.
     """.stripIndent()

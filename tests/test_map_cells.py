@@ -137,7 +137,7 @@ def test_section_result(joint_mapping, ln_halves, signatures_csv, sample, alpha)
     signatures_genes = pd.read_csv(signatures_csv, index_col=0).index
     # 558 genes are shared with the whole reference (README); fewer pass the reference's gene filter
     assert info["n_shared_genes"] == len(signatures_genes.intersection(source.var_names)) < 558
-    assert info["max_epochs"] == 20 and info["num_samples"] == 5
+    assert info["max_epochs"] == 20 and info["epochs"] == 20 and info["export"].startswith("analytic")
 
 
 def test_joint_model_got_per_section_detection_alpha(joint_mapping):

@@ -53,23 +53,71 @@ def _key_values(ctx, param, values):
     return out
 
 
-def training_options(func):
-    """Options shared by the two training steps."""
-    options = [
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="Where to train: a CUDA GPU if torch sees one (auto), or force cpu/cuda."),
-        click.option("--require-gpu", is_flag=True, help="Fail instead of falling back to the CPU when no GPU is visible."),
-        click.option("--threads", type=int, default=None, callback=_positive, help="CPU threads for torch (default: torch's choice)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random number generator."),
-        click.option("--lr", type=float, default=0.002, show_default=True, callback=_positive, help="Adam learning rate."),
-        click.option("--num-samples", type=int, default=1000, show_default=True, callback=_positive,
-                     help="Posterior samples drawn to summarise the posterior."),
-        click.option("--log-every", type=int, default=None, callback=_positive,
-                     help="Log a progress line every N epochs (default: 20 lines per run)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# Tutorial values (the ceilings and the --tutorial-settings behaviour) and the pipeline's defaults per model.
+TUTORIAL_LR = 0.002
+TUTORIAL_NUM_SAMPLES = 1000
+PLAN_DEFAULTS = {
+    "reference": {"max_epochs": 250, "lr": 0.002, "lr_min": 0.002, "stop_tol": 1e-3, "stop_window": 10, "min_epochs": 50},
+    "mapping": {"max_epochs": 30000, "lr": 0.03, "lr_min": 0.002, "stop_tol": 1e-4, "stop_window": 100, "min_epochs": 500},
+}
+
+
+def training_options(model: str):
+    """Options shared by the two training steps; `model` ('reference' or 'mapping') picks the defaults."""
+    d = PLAN_DEFAULTS[model]
+
+    def decorate(func):
+        options = [
+            click.option("--max-epochs", type=int, default=d["max_epochs"], show_default=True, callback=_positive,
+                         help="Most epochs to train (the tutorial's number; training stops earlier once converged)."),
+            click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                         help="Where to train: a CUDA GPU if torch sees one (auto), or force cpu/cuda."),
+            click.option("--require-gpu", is_flag=True, help="Fail instead of falling back to the CPU when no GPU is visible."),
+            click.option("--threads", type=int, default=None, callback=_positive, help="CPU threads for torch (default: torch's choice)."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random number generator."),
+            click.option("--tutorial-settings", is_flag=True,
+                         help=f"Exactly the tutorial: all --max-epochs at lr {TUTORIAL_LR}, the model's own train(), "
+                              f"{TUTORIAL_NUM_SAMPLES}-sample export (overrides the options below)."),
+            click.option("--lr", type=float, default=d["lr"], show_default=True, callback=_positive,
+                         help="Starting Adam learning rate; lowered 3x at each plateau down to --lr-min."),
+            click.option("--lr-min", type=float, default=d["lr_min"], show_default=True, callback=_positive,
+                         help="Lowest learning rate: training stops at the first plateau at this rate."),
+            click.option("--stop-tol", type=float, default=d["stop_tol"], show_default=True, callback=_positive,
+                         help="Plateau: the window-mean -ELBO improves by less than this (relative) twice in a row."),
+            click.option("--stop-window", type=int, default=d["stop_window"], show_default=True, callback=_positive,
+                         help="Epochs per window of the plateau test (also how often it is checked)."),
+            click.option("--min-epochs", type=int, default=d["min_epochs"], show_default=True,
+                         help="Never stop (converged) before this many epochs."),
+            click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+                         help="Stop at convergence and lower the rate at plateaus; off: all --max-epochs at --lr."),
+            click.option("--export", "export_mode", type=click.Choice(["analytic", "sampled"]), default="analytic",
+                         show_default=True,
+                         help="Posterior summaries from the variational distribution directly, or from --num-samples draws."),
+            click.option("--num-samples", type=int, default=TUTORIAL_NUM_SAMPLES, show_default=True, callback=_positive,
+                         help="Posterior samples drawn by --export sampled."),
+            click.option("--log-every", type=int, default=None, callback=_positive,
+                         help="Log a progress line every N epochs (default: 20 lines per run)."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol, stop_window, min_epochs, early_stop,
+                    export_mode, num_samples):
+    """(Plan, fast, analytic, num_samples) from the training options; --tutorial-settings wins."""
+    from .training import Plan
+
+    if tutorial_settings:
+        return Plan(max_epochs, TUTORIAL_LR, TUTORIAL_LR).fixed(), False, False, TUTORIAL_NUM_SAMPLES
+    if lr_min > lr:
+        LOG.info("--lr %g is below --lr-min %g: training at one rate, %g", lr, lr_min, lr)
+        lr_min = lr
+    plan = Plan(max_epochs=max_epochs, lr=lr, lr_min=lr_min, tol=stop_tol, window=stop_window,
+                check_every=stop_window, min_epochs=min_epochs)
+    return (plan if early_stop else plan.fixed()), True, export_mode == "analytic", num_samples
 
 
 def _start_training(device: str, require_gpu: bool, threads: int | None, seed: int) -> tuple[str, str]:
@@ -83,18 +131,19 @@ def _start_training(device: str, require_gpu: bool, threads: int | None, seed: i
     return accelerator, description
 
 
-def _write_summary(model, history, device: str, seconds: float, path: Path) -> None:
-    """<name>_training.json: epochs, ELBO flatness, device, time and the reconstruction accuracy."""
+def _write_summary(trained, history, device: str, path: Path) -> None:
+    """<name>_training.json: epochs, where and why training stopped, device, times, reconstruction accuracy."""
     import json
 
     from .training import reconstruction_metrics, training_summary
 
     try:
-        qc = reconstruction_metrics(model)
+        qc = reconstruction_metrics(trained.model)
     except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training (e.g. upstream #74)
         LOG.warning("reconstruction metrics not computed: %s", exc)
         qc = None
-    summary = training_summary(model, history, device, seconds, qc)
+    summary = training_summary(trained.model, history, device, trained.train_seconds, qc, trained.monitor,
+                               trained.attempts, trained.export_seconds, trained.export)
     if qc:
         LOG.info("reconstruction accuracy: Pearson r %.3f (log1p %.3f) over %d observations",
                  qc["pearson_r"], qc["pearson_r_log1p"], qc["n_obs_used"])
@@ -186,36 +235,35 @@ def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate
 
 @cli.command("train-reference")
 @reference_options
-@click.option("--max-epochs", type=int, default=250, show_default=True, callback=_positive, help="Training epochs.")
 @click.option("--batch-size", type=int, default=2500, show_default=True, callback=_positive, help="Cells per minibatch.")
-@training_options
+@training_options("reference")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for signatures.csv, reference_model/, plots and the posterior h5ad.")
 @domain_errors
-def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, max_epochs, batch_size,
-                        device, require_gpu, threads, seed, lr, num_samples, log_every, outdir):
+def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, max_epochs,
+                        device, require_gpu, threads, seed, tutorial_settings, lr, lr_min, stop_tol, stop_window,
+                        min_epochs, early_stop, export_mode, num_samples, log_every, outdir):
     """Train the reference regression model and export cell-type signatures."""
     from .filter_reference import load_reference
     from .runtime import staged_outputs, write_h5ad
     from .train_reference import plot_reference_qc, signatures, train_reference
     from .training import history_frame, plot_history
 
-    import time
-
+    plan, fast, analytic, num_samples = _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol,
+                                                        stop_window, min_epochs, early_stop, export_mode, num_samples)
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1)
     accelerator, device_name = _start_training(device, require_gpu, threads, seed)
-    start = time.perf_counter()
-    model, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, max_epochs, batch_size,
-                                   lr, accelerator, num_samples, log_every)
-    seconds = time.perf_counter() - start
-    history = history_frame(model)
+    trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, plan, batch_size,
+                                     accelerator, fast, analytic, num_samples, log_every)
+    history = history_frame(trained.model)
     with staged_outputs(outdir) as out:
         signatures(adata).to_csv(out.path("signatures.csv"))
         history.to_csv(out.path("reference_history.csv"), index=False)
-        _write_summary(model, history, device_name, seconds, out.path("reference_training.json"))
-        plot_history(model, out.path("reference_history.png"), skip=20, title="reference regression model")
-        plot_reference_qc(model, out.path("reference_qc.png"))
-        model.save(str(out.path("reference_model")), overwrite=True)
+        _write_summary(trained, history, device_name, out.path("reference_training.json"))
+        plot_history(trained.model, out.path("reference_history.png"), skip=20, title="reference regression model",
+                     monitor=trained.monitor)
+        plot_reference_qc(trained.model, out.path("reference_qc.png"))
+        trained.model.save(str(out.path("reference_model")), overwrite=True)
         write_h5ad(adata, out.path("reference_posterior.h5ad"))
 
 
@@ -228,13 +276,13 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
               help="Expected cells per spot (sections may override it in their metadata).")
 @click.option("--detection-alpha", type=float, default=20.0, show_default=True, callback=_positive,
               help="Regularisation of within-slide detection sensitivity (20 high, 200 low technical variability).")
-@click.option("--max-epochs", type=int, default=30000, show_default=True, callback=_positive, help="Training epochs (full batch).")
-@training_options
+@training_options("mapping")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the per-section h5ad/CSVs and the model's outputs.")
 @domain_errors
-def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_alpha, max_epochs,
-                  device, require_gpu, threads, seed, lr, num_samples, log_every, outdir):
+def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_alpha, max_epochs, device,
+                  require_gpu, threads, seed, tutorial_settings, lr, lr_min, stop_tol, stop_window, min_epochs,
+                  early_stop, export_mode, num_samples, log_every, outdir):
     """Map cell types onto the sections with one Cell2location model (all SECTIONS jointly)."""
     import anndata as ad
 
@@ -242,6 +290,8 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
     from .runtime import staged_outputs, write_h5ad
     from .training import flatness, history_frame, plot_history, plot_qc
 
+    plan, fast, analytic, num_samples = _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol,
+                                                        stop_window, min_epochs, early_stop, export_mode, num_samples)
     loaded = {}
     for path in sections:
         adata = ad.read_h5ad(path)
@@ -249,14 +299,11 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
         if sample in loaded:
             raise C2LError("given twice", sample, "sample")
         loaded[sample] = adata
-    import time
-
     sig = read_signatures(signatures)
     accelerator, device_name = _start_training(device, require_gpu, threads, seed)
-    start = time.perf_counter()
-    model, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, max_epochs, lr, accelerator,
-                                num_samples, log_every)
-    seconds = time.perf_counter() - start
+    trained, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, plan, accelerator, fast,
+                                  analytic, num_samples, log_every)
+    model = trained.model
     history = history_frame(model)
     LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
     with staged_outputs(outdir) as out:
@@ -265,9 +312,9 @@ def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_
             for stat in STATS:
                 abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
         history.to_csv(out.path(f"{run_id}_history.csv"), index=False)
-        _write_summary(model, history, device_name, seconds, out.path(f"{run_id}_training.json"))
-        plot_history(model, out.path(f"{run_id}_history.png"), skip=max(1, min(1000, max_epochs // 10)),
-                     title=f"cell2location model '{run_id}'")
+        _write_summary(trained, history, device_name, out.path(f"{run_id}_training.json"))
+        plot_history(model, out.path(f"{run_id}_history.png"), skip=max(1, min(1000, len(history) // 10)),
+                     title=f"cell2location model '{run_id}'", monitor=trained.monitor)
         plot_qc(model, out.path(f"{run_id}_qc.png"))
         model.save(str(out.path(f"{run_id}_model")), overwrite=True, save_anndata=True)
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .read_visium import ENSEMBL_RE
-from .training import posterior_kwargs, trainer_kwargs
+from .training import Plan, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.map_cells")
 STATS = ("means", "stds", "q05", "q95")
@@ -115,15 +115,19 @@ def combine_sections(sections: dict[str, ad.AnnData], genes: pd.Index) -> ad.Ann
 def map_cells(
     sections: dict[str, ad.AnnData],
     signatures: pd.DataFrame,
-    n_cells_per_location: float = 30.0,
-    detection_alpha: float = 20.0,
-    max_epochs: int = 30000,
-    lr: float = 0.002,
-    accelerator: str = "cpu",
-    num_samples: int = 1000,
+    n_cells_per_location: float,
+    detection_alpha: float,
+    plan: Plan,
+    accelerator: str,
+    fast: bool,
+    analytic: bool,
+    num_samples: int,
     log_every: int | None = None,
-):
-    """Fit Cell2location to all sections jointly; returns (model, combined AnnData with the posterior)."""
+) -> tuple[Trained, ad.AnnData]:
+    """Fit Cell2location to all sections jointly; returns (Trained, combined AnnData with the posterior).
+
+    With `plan.fixed()`, `fast=False`, `analytic=False` this is exactly the tutorial's calls.
+    """
     from cell2location.models import Cell2location
 
     n_cells, alpha = resolve_section_params(sections, n_cells_per_location, detection_alpha)
@@ -149,25 +153,28 @@ def map_cells(
         )
     Cell2location.setup_anndata(adata=combined, batch_key="sample")
     alpha_arg = alpha[next(iter(alpha))] if len(set(alpha.values())) == 1 else alpha
-    model = Cell2location(
-        combined,
-        cell_state_df=signatures.loc[genes],
-        N_cells_per_location=next(iter(n_cells.values())),
-        detection_alpha=alpha_arg,
-    )
-    LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, %d epochs full batch, %s",
-             len(sections), combined.n_obs, len(genes), signatures.shape[1], max_epochs, accelerator)
-    model.train(max_epochs=max_epochs, batch_size=None, train_size=1, lr=lr,
-                **trainer_kwargs(max_epochs, accelerator, log_every))
-    combined = model.export_posterior(combined, sample_kwargs=posterior_kwargs(num_samples, combined.n_obs, accelerator))
+
+    def make_model():
+        return Cell2location(
+            combined,
+            cell_state_df=signatures.loc[genes],
+            N_cells_per_location=next(iter(n_cells.values())),
+            detection_alpha=alpha_arg,
+        )
+
+    LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, at most %d epochs full batch, %s",
+             len(sections), combined.n_obs, len(genes), signatures.shape[1], plan.max_epochs, accelerator)
+    trained, combined = train_and_export(make_model, combined, plan, accelerator, None, fast, analytic, num_samples,
+                                         combined.n_obs, log_every)
     combined.uns["c2l_params"] = {
         "n_cells_per_location": float(next(iter(n_cells.values()))),
         "detection_alpha": {k: float(v) for k, v in alpha.items()},
-        "max_epochs": int(max_epochs),
+        "max_epochs": int(plan.max_epochs),
+        "epochs": int(trained.monitor.epoch),
         "n_shared_genes": int(len(genes)),
-        "num_samples": int(num_samples),
+        "export": trained.export,
     }
-    return model, combined
+    return trained, combined
 
 
 def abundance_table(combined: ad.AnnData, stat: str, sample: str | None = None) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import logging
 import anndata as ad
 import pandas as pd
 
-from .training import posterior_kwargs, trainer_kwargs
+from .training import Plan, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.train_reference")
 
@@ -15,16 +15,20 @@ LOG = logging.getLogger("c2l.train_reference")
 def train_reference(
     adata: ad.AnnData,
     labels_key: str,
-    batch_key: str | None = None,
-    categorical_covariate_keys: list[str] | None = None,
-    max_epochs: int = 250,
-    batch_size: int = 2500,
-    lr: float = 0.002,
-    accelerator: str = "cpu",
-    num_samples: int = 1000,
+    batch_key: str | None,
+    categorical_covariate_keys: list[str] | None,
+    plan: Plan,
+    batch_size: int,
+    accelerator: str,
+    fast: bool,
+    analytic: bool,
+    num_samples: int,
     log_every: int | None = None,
-):
-    """Set up, train and export the RegressionModel as the tutorial does; returns (model, adata with posterior)."""
+) -> tuple[Trained, ad.AnnData]:
+    """Set up, train and export the RegressionModel; returns (Trained, adata with the posterior).
+
+    With `plan.fixed()`, `fast=False`, `analytic=False` this is exactly the tutorial's calls.
+    """
     from cell2location.models import RegressionModel
 
     RegressionModel.setup_anndata(
@@ -33,18 +37,10 @@ def train_reference(
         labels_key=labels_key,
         categorical_covariate_keys=categorical_covariate_keys or None,
     )
-    model = RegressionModel(adata)
-    LOG.info("training the reference model: %d cells x %d genes, %d epochs, batch %d, %s",
-             adata.n_obs, adata.n_vars, max_epochs, batch_size, accelerator)
-    model.train(
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        train_size=1,
-        lr=lr,
-        **trainer_kwargs(max_epochs, accelerator, log_every),
-    )
-    adata = model.export_posterior(adata, sample_kwargs=posterior_kwargs(num_samples, batch_size, accelerator))
-    return model, adata
+    LOG.info("training the reference model: %d cells x %d genes, at most %d epochs, batch %d, %s",
+             adata.n_obs, adata.n_vars, plan.max_epochs, batch_size, accelerator)
+    return train_and_export(lambda: RegressionModel(adata), adata, plan, accelerator, batch_size, fast, analytic,
+                            num_samples, batch_size, log_every)
 
 
 def signatures(adata: ad.AnnData) -> pd.DataFrame:

@@ -1,9 +1,12 @@
-"""What both training steps share: periodic progress lines, training history, plots and posterior export."""
+"""What both training steps share: the learning-rate plan and stopping rule, the training loop's callback,
+the analytic posterior export, training history, plots and the training summary."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,41 +15,373 @@ import pandas as pd
 LOG = logging.getLogger("c2l.training")
 
 
-def epoch_logger(max_epochs: int, every: int | None = None):
-    """A Lightning callback that logs a line every `every` epochs (progress bars are off inside tasks)."""
+# ---------------------------------------------------------------- learning-rate plan and stopping rule
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a model trains: the learning-rate levels, when a level has converged, what happens then.
+
+    Training starts at `lr`. Every `check_every` epochs the -ELBO averaged over the last `window` epochs is
+    compared with the average over the `window` epochs before: the relative improvement
+    `(before - last) / |last|`. When it stays below `tol` for `patience` checks in a row the current level
+    has converged: the rate is multiplied by `lr_factor` (never below `lr_min`) and training goes on; at
+    `lr_min` training stops (not before `min_epochs`). `max_epochs` is the ceiling.
+
+    Divergence: a non-finite -ELBO, or a smoothed -ELBO that rises above the best one seen by more than
+    `diverge_tol` (relative), stops the run; the caller restarts it from scratch at a lower rate.
+
+    `adaptive=False` is the tutorial: one fixed rate, all `max_epochs`, no stopping.
+    """
+
+    max_epochs: int
+    lr: float
+    lr_min: float
+    lr_factor: float = 1 / 3
+    tol: float = 1e-4
+    window: int = 50
+    check_every: int = 50
+    patience: int = 2
+    min_epochs: int = 0
+    diverge_tol: float = 0.05
+    adaptive: bool = True
+
+    def __post_init__(self):
+        if self.max_epochs < 1 or self.window < 1 or self.check_every < 1 or self.patience < 1:
+            raise ValueError(f"invalid training plan {self}")
+        if not (0 < self.lr_min <= self.lr) or not (0 < self.lr_factor < 1):
+            raise ValueError(f"learning rates must satisfy 0 < lr_min <= lr and 0 < lr_factor < 1: {self}")
+
+    def fixed(self) -> "Plan":
+        """The same plan without stopping or rate changes (all max_epochs at lr)."""
+        return replace(self, adaptive=False)
+
+    def describe(self) -> str:
+        if not self.adaptive:
+            return f"{self.max_epochs} epochs at lr {self.lr:g} (fixed)"
+        return (f"lr {self.lr:g} -> {self.lr_min:g} (x{self.lr_factor:.3g} per plateau), stop when the "
+                f"{self.window}-epoch mean -ELBO improves by < {self.tol:g} (relative) for {self.patience} checks "
+                f"every {self.check_every} epochs at lr {self.lr_min:g}; at most {self.max_epochs} epochs")
+
+
+class Monitor:
+    """The plan applied to a stream of -ELBO values, one per epoch: what to do after each epoch.
+
+    Pure Python (no torch), so that the rule is tested on synthetic curves. `update(elbo)` returns one of
+    `continue`, `lower_lr` (the new rate is `self.lr`), `stop` (converged), `diverged` or `max_epochs`.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.lr = plan.lr
+        self.elbo: list[float] = []
+        self.level_start = 0  # epoch at which the current rate began
+        self.below = 0  # consecutive checks below tol
+        self.best = math.inf  # best smoothed -ELBO seen
+        self.last_rel = math.nan
+        self.events: list[dict] = []
+        self.stop_reason: str | None = None
+        self.stopped_epoch: int | None = None
+
+    @property
+    def epoch(self) -> int:
+        return len(self.elbo)
+
+    def _event(self, kind: str, text: str) -> None:
+        self.events.append({"epoch": self.epoch, "event": kind, "lr": self.lr, "relative_improvement": self.last_rel,
+                            "detail": text})
+
+    def _finish(self, action: str, reason: str) -> str:
+        self.stop_reason = reason
+        self.stopped_epoch = self.epoch
+        self._event(action, reason)
+        return action
+
+    def update(self, elbo: float) -> str:
+        p = self.plan
+        self.elbo.append(float(elbo))
+        if not math.isfinite(elbo):
+            return self._finish("diverged", f"-ELBO is {elbo} at epoch {self.epoch} (lr {self.lr:g})")
+        if self.epoch >= p.max_epochs:
+            return self._finish("max_epochs", f"reached max_epochs {p.max_epochs}")
+        if not p.adaptive or self.epoch % p.check_every:
+            return "continue"
+        w = p.window
+        if self.epoch - self.level_start < 2 * w:
+            return "continue"
+        last = float(np.mean(self.elbo[-w:]))
+        before = float(np.mean(self.elbo[-2 * w : -w]))
+        self.last_rel = (before - last) / max(abs(last), 1e-30)
+        if last > self.best + p.diverge_tol * abs(self.best):
+            return self._finish("diverged", f"the {w}-epoch mean -ELBO rose to {last:.6g} from its best {self.best:.6g} "
+                                            f"(> {p.diverge_tol:g} relative) at lr {self.lr:g}")
+        self.best = min(self.best, last)
+        self.below = self.below + 1 if self.last_rel < p.tol else 0
+        if self.below < p.patience:
+            return "continue"
+        if self.lr > p.lr_min * (1 + 1e-9):
+            old, self.lr = self.lr, max(p.lr_min, self.lr * p.lr_factor)
+            self.level_start, self.below = self.epoch, 0
+            self._event("lower_lr", f"plateau at lr {old:g} (relative improvement {self.last_rel:.2e} < {p.tol:g}): lr -> {self.lr:g}")
+            return "lower_lr"
+        if self.epoch < p.min_epochs:
+            return "continue"
+        return self._finish("stop", f"converged: the {w}-epoch mean -ELBO improved by {self.last_rel:.2e} (< tol {p.tol:g}, "
+                                    f"relative) at {p.patience} checks in a row at the lowest lr {self.lr:g}")
+
+    def summary(self) -> dict:
+        return {
+            "plan": asdict(self.plan),
+            "epochs": self.epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "final_lr": self.lr,
+            "lr_events": [e for e in self.events if e["event"] == "lower_lr"],
+        }
+
+
+def control_callback(monitor: Monitor, log_every: int | None = None):
+    """A Lightning callback that feeds each epoch's -ELBO to `monitor`, sets the learning rate of Pyro's
+    optimisers, stops the trainer when the monitor says so, and logs a line every `log_every` epochs."""
     from lightning.pytorch.callbacks import Callback
 
-    every = every or max(1, max_epochs // 20)
+    every = log_every or max(1, monitor.plan.max_epochs // 20)
 
-    class EpochLogger(Callback):
+    def set_lr(pl_module, lr: float) -> None:
+        optim = pl_module.optim  # pyro.optim.PyroOptim: one torch optimiser per parameter, made on first use
+        if isinstance(optim.pt_optim_args, dict):
+            optim.pt_optim_args["lr"] = lr
+        for opt in optim.optim_objs.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    class TrainingControl(Callback):
         def __init__(self):
             self.start = time.perf_counter()
+            self.action = "continue"
 
         def on_train_epoch_end(self, trainer, pl_module):
-            epoch = trainer.current_epoch + 1
-            if epoch % every and epoch != max_epochs:
-                return
-            elapsed = time.perf_counter() - self.start
-            elbo = trainer.callback_metrics.get("elbo_train")
-            elbo_txt = f"{float(elbo):.4g}" if elbo is not None else "n/a"
-            LOG.info(
-                "epoch %d/%d  -ELBO %s  %.1f s elapsed, %.1f ms/epoch",
-                epoch, max_epochs, elbo_txt, elapsed, 1000 * elapsed / epoch,
-            )
+            # Lightning runs callbacks before the module's own epoch end, which is where scvi logs `elbo_train`
+            # (the mean loss of the epoch's steps): take the same mean from the steps' outputs directly.
+            outputs = getattr(pl_module, "training_step_outputs", None) or []
+            value = float(sum(float(o["loss"]) for o in outputs) / len(outputs)) if outputs else math.nan
+            self.action = monitor.update(value)
+            if self.action == "lower_lr":
+                set_lr(pl_module, monitor.lr)
+                LOG.info("epoch %d: %s", monitor.epoch, monitor.events[-1]["detail"])
+            elif self.action != "continue":
+                trainer.should_stop = True
+                level = logging.WARNING if self.action == "diverged" else logging.INFO
+                LOG.log(level, "epoch %d: %s", monitor.epoch, monitor.stop_reason)
+            epoch = monitor.epoch
+            if epoch % every == 0 or self.action not in ("continue", "lower_lr"):
+                elapsed = time.perf_counter() - self.start
+                LOG.info("epoch %d/%d  -ELBO %.6g  lr %g  %.1f s elapsed, %.1f ms/epoch",
+                         epoch, monitor.plan.max_epochs, value, monitor.lr, elapsed, 1000 * elapsed / epoch)
 
-    return EpochLogger()
+    return TrainingControl()
 
 
-def trainer_kwargs(max_epochs: int, accelerator: str, log_every: int | None = None) -> dict:
-    """Keyword arguments for scvi's train(): device, no progress bar, no checkpoints, periodic logs."""
-    kwargs = {
-        "accelerator": accelerator,
-        "enable_progress_bar": False,
-        "callbacks": [epoch_logger(max_epochs, log_every)],
-    }
-    if accelerator == "gpu":
-        kwargs["device"] = 1
-    return kwargs
+# ---------------------------------------------------------------- training
+
+
+def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: bool = True,
+        log_every: int | None = None, max_restarts: int = 2):
+    """Create a model with `make_model()` and train it by `plan`; returns (model, monitor, attempts).
+
+    `fast=True` (the pipeline): Pyro's JitTrace_ELBO when every epoch is one full batch of fixed shape (Pyro's
+    compiled ELBO is keyed on the number of arguments, not their shapes, so minibatches of different sizes
+    would reuse a trace of the wrong shape), Pyro's argument validation off, and the adaptive plan with a
+    restart from scratch at a lower rate when training diverges. `fast=False` (the tutorial): the model's own
+    `train()` (Trace_ELBO, validation on).
+    """
+    import pyro
+    from pyro.infer import JitTrace_ELBO, Trace_ELBO
+
+    attempts: list[dict] = []
+    for attempt in range(max_restarts + 1):
+        pyro.clear_param_store()  # a restarted (or second) model must not pick up the previous one's parameters
+        model = make_model()
+        monitor = Monitor(plan)
+        kwargs = {"max_epochs": plan.max_epochs, "batch_size": batch_size, "train_size": 1, "lr": plan.lr,
+                  "accelerator": accelerator, "enable_progress_bar": False,
+                  "callbacks": [control_callback(monitor, log_every)]}
+        if accelerator == "gpu":
+            kwargs["device"] = 1
+        if fast:
+            from scvi.model.base import PyroSviTrainMixin
+
+            n_obs = model.adata_manager.adata.n_obs
+            one_batch = batch_size is None or batch_size >= n_obs
+            loss = JitTrace_ELBO(ignore_jit_warnings=True) if one_batch else Trace_ELBO()
+            LOG.info("training plan: %s; loss %s", plan.describe(), type(loss).__name__)
+            with pyro.validation_enabled(False):
+                PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss}, **kwargs)
+        else:
+            LOG.info("training plan: %s; the model's own train() (Trace_ELBO)", plan.describe())
+            model.train(**kwargs)
+        attempts.append(monitor.summary())
+        if monitor.stopped_epoch is not None and monitor.events[-1]["event"] == "diverged":
+            if plan.adaptive and attempt < max_restarts and plan.lr > plan.lr_min:
+                plan = replace(plan, lr=max(plan.lr_min, plan.lr * plan.lr_factor))
+                LOG.warning("restarting from scratch at lr %g (attempt %d of %d)", plan.lr, attempt + 2, max_restarts + 1)
+                continue
+            from .errors import C2LError
+
+            raise C2LError(f"training diverged: {monitor.stop_reason}; lower the learning rate", field="lr")
+        return model, monitor, attempts
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Trained:
+    """A trained model with how its training went and how its posterior was exported."""
+
+    model: object
+    monitor: Monitor
+    attempts: list
+    train_seconds: float
+    export: str
+    export_seconds: float
+
+
+def train_and_export(make_model, adata, plan: Plan, accelerator: str, batch_size: int | None, fast: bool,
+                     analytic: bool, num_samples: int, export_batch_size: int, log_every: int | None = None,
+                     **export_kwargs):
+    """fit() then export_posterior(), both timed; returns (Trained, adata with the posterior)."""
+    start = time.perf_counter()
+    model, monitor, attempts = fit(make_model, plan, accelerator, batch_size, fast, log_every)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    adata, export = export_posterior(model, adata, analytic, num_samples, export_batch_size, accelerator, **export_kwargs)
+    export_seconds = time.perf_counter() - start
+    LOG.info("posterior exported in %.1f s: %s", export_seconds, export)
+    return Trained(model, monitor, attempts, train_seconds, export, export_seconds), adata
+
+
+# ---------------------------------------------------------------- posterior export
+
+
+def analytic_posterior(model, quantiles: tuple[str, ...] = ("q05", "q95")) -> dict | None:
+    """Posterior means, standard deviations and quantiles of every site, from the variational distribution.
+
+    cell2location's guide (pyro AutoNormal, non-amortised) is a Normal per parameter in unconstrained space,
+    mapped by the support's bijection; all of cell2location's sites are positive (exp), i.e. log-normal:
+    quantiles are exact (exp of the Normal's quantiles), means `exp(loc + scale^2/2)`, standard deviations
+    `mean * sqrt(exp(scale^2) - 1)`. This is the distribution the sampled export draws 1000 times from; here
+    without sampling noise. Deterministic sites (e.g. `u_sf_mRNA_factors`) are the model's function of the
+    latent sites' statistic (exact for means of this model's products of independent factors; for quantiles the
+    function of the factors' quantiles; not given for stds). Returns None when the guide is not an AutoNormal.
+    """
+    import torch
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoNormal
+    from torch.distributions import Normal, biject_to
+    from torch.distributions import transforms as T
+
+    guide = model.module.guide
+    if not isinstance(guide, AutoNormal) or getattr(model.module, "is_amortised", False):
+        return None
+    stats = {"means": None, "stds": None, **{k: float(f"0.{k[1:]}") for k in quantiles}}
+    out: dict[str, dict] = {f"post_sample_{k}": {} for k in stats}
+    with torch.no_grad():
+        for name, site in guide.prototype_trace.iter_stochastic_nodes():
+            loc, scale = guide._get_loc_and_scale(name)
+            transform = biject_to(site["fn"].support)
+            normal = Normal(loc, scale)
+            for k, q in stats.items():
+                if q is not None:
+                    out[f"post_sample_{k}"][name] = transform(normal.icdf(torch.full_like(loc, q)))
+            affine = _exp_affine(transform)
+            if affine is not None:  # value = shift + factor * exp(Normal): log-normal moments
+                shift, factor = affine
+                lognormal_mean = torch.exp(loc + scale**2 / 2)
+                mean = shift + factor * lognormal_mean
+                std = factor * lognormal_mean * torch.sqrt(torch.expm1(scale**2))
+            else:  # no closed form: 1000 draws, in chunks of 100 (the sampled export's count, without its loop)
+                total, total2 = torch.zeros_like(loc), torch.zeros_like(loc)
+                for _ in range(10):
+                    draws = transform(normal.sample((100,)))
+                    total, total2 = total + draws.sum(0), total2 + (draws**2).sum(0)
+                mean = total / 1000
+                std = torch.sqrt(torch.clamp(total2 / 1000 - mean**2, min=0))
+            out["post_sample_means"][name] = mean
+            out["post_sample_stds"][name] = std
+        deterministic = _deterministic_sites(model)
+        if deterministic:
+            args, kwargs = _model_args(model, None)
+            for k in [s for s in stats if s != "stds"]:
+                latent = dict(out[f"post_sample_{k}"])
+                trace = poutine.trace(poutine.condition(model.module.model, data=latent)).get_trace(*args, **kwargs)
+                for n in deterministic:
+                    out[f"post_sample_{k}"][n] = trace.nodes[n]["value"]
+    return {k: {n: v.detach().cpu().numpy() for n, v in d.items()} for k, d in out.items()}
+
+
+def _model_args(model, indices):
+    """The model's (args, kwargs) for the observations `indices` (None: all, one batch), on the guide's device."""
+    from scvi.dataloaders import AnnDataLoader
+
+    n = model.adata_manager.adata.n_obs if indices is None else len(indices)
+    batch = next(iter(AnnDataLoader(model.adata_manager, shuffle=False, batch_size=n, indices=indices)))
+    args, kwargs = model.module._get_fn_args_from_batch(batch)
+    device = next(model.module.guide.parameters()).device
+    return [a.to(device) for a in args], {k: v.to(device) for k, v in kwargs.items()}
+
+
+def _deterministic_sites(model) -> list[str]:
+    """Names of the model's pyro.deterministic sites (the guide's prototype trace leaves them out), found by
+    running the model once on two observations."""
+    from pyro import poutine
+
+    args, kwargs = _model_args(model, [0, 1][: model.adata_manager.adata.n_obs])
+    trace = poutine.trace(poutine.block(model.module.model, hide_fn=lambda site: False)).get_trace(*args, **kwargs)
+    return [n for n, site in trace.nodes.items()
+            if site["type"] == "sample" and site.get("infer", {}).get("_deterministic")]
+
+
+def _exp_affine(transform) -> tuple[float, float] | None:
+    """(shift, factor) when `transform` is x -> shift + factor * exp(x) with scalar factor > 0 (Pyro's bijection
+    for positive supports is exp followed by an affine map), else None."""
+    from torch.distributions import transforms as T
+
+    while isinstance(transform, T.IndependentTransform):
+        transform = transform.base_transform
+    parts = transform.parts if isinstance(transform, T.ComposeTransform) else [transform]
+    if not parts or not isinstance(parts[0], T.ExpTransform):
+        return None
+    shift, factor = 0.0, 1.0
+    for part in parts[1:]:
+        if not isinstance(part, T.AffineTransform):
+            return None
+        try:
+            loc, scale = float(part.loc), float(part.scale)
+        except (TypeError, ValueError, RuntimeError):  # tensor-valued maps: no scalar form
+            return None
+        if scale <= 0:
+            return None
+        shift, factor = shift * scale + loc, factor * scale
+    return shift, factor
+
+
+def export_posterior(model, adata, analytic: bool, num_samples: int, batch_size: int, accelerator: str, **kwargs):
+    """model.export_posterior(adata): from the variational distribution directly (analytic=True, falling back to
+    sampling for a guide without closed forms), or from `num_samples` posterior samples as the tutorial does.
+
+    The model's own export_posterior runs in both cases; the analytic one only replaces its sampling step.
+    Returns (adata, a description of the export used).
+    """
+    sample_kwargs = posterior_kwargs(num_samples, batch_size, accelerator)
+    if analytic:
+        samples = analytic_posterior(model)
+        if samples is not None:
+            model.sample_posterior = lambda *a, **k: samples  # shadows the sampling method for this call only
+            try:
+                return model.export_posterior(adata, sample_kwargs=sample_kwargs, **kwargs), "analytic (variational distribution)"
+            finally:
+                del model.sample_posterior
+        LOG.warning("the guide has no closed-form posterior: exporting from %d samples", num_samples)
+    return model.export_posterior(adata, sample_kwargs=sample_kwargs, **kwargs), f"sampled ({num_samples} posterior samples)"
 
 
 def posterior_kwargs(num_samples: int, batch_size: int, accelerator: str) -> dict:
@@ -57,14 +392,18 @@ def posterior_kwargs(num_samples: int, batch_size: int, accelerator: str) -> dic
     return kwargs
 
 
+# ---------------------------------------------------------------- history, plots, summary
+
+
 def history_frame(model) -> pd.DataFrame:
     """The -ELBO per epoch as a table."""
     h = model.history_["elbo_train"]
     return pd.DataFrame({"epoch": np.arange(1, len(h) + 1), "elbo_train": h.to_numpy().ravel()})
 
 
-def plot_history(model, path: Path, skip: int, title: str) -> Path:
-    """The tutorial's history plot: -ELBO per epoch, the first `skip` epochs left out."""
+def plot_history(model, path: Path, skip: int, title: str, monitor: "Monitor | None" = None) -> Path:
+    """The tutorial's history plot (-ELBO per epoch, the first `skip` epochs left out), with the epochs at
+    which the learning rate was lowered and where and why training stopped."""
     import matplotlib.pyplot as plt
 
     from .runtime import save_figures
@@ -72,7 +411,21 @@ def plot_history(model, path: Path, skip: int, title: str) -> Path:
     n = len(model.history_["elbo_train"])
     fig, ax = plt.subplots(figsize=(6, 4))
     model.plot_history(min(skip, max(0, n - 2)), ax=ax)
-    ax.set_title(title)
+    if monitor is not None:
+        for event in monitor.events:
+            if event["event"] == "lower_lr":
+                ax.axvline(event["epoch"], color="0.6", ls=":", lw=1)
+                ax.annotate(f"lr {event['lr']:g}", (event["epoch"], 1), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7, color="0.4")
+        if monitor.stopped_epoch is not None:
+            ax.axvline(monitor.stopped_epoch, color="tab:red", lw=1)
+            kind = monitor.events[-1]["event"]
+            label = {"stop": "converged", "max_epochs": "max epochs", "diverged": "diverged"}.get(kind, kind)
+            ax.set_title(f"{title}\nstopped at epoch {monitor.stopped_epoch}: {label}", fontsize=10)
+        else:
+            ax.set_title(title)
+    else:
+        ax.set_title(title)
     return save_figures([fig], path)
 
 
@@ -125,14 +478,35 @@ def reconstruction_metrics(model, n_obs: int = 1000, seed: int = 0) -> dict:
     }
 
 
-def training_summary(model, history: pd.DataFrame, device: str, seconds: float, qc: dict | None) -> dict:
-    """What a user checks after training: epochs, final -ELBO, flatness, device, time, reconstruction."""
-    return {
+def training_summary(model, history: pd.DataFrame, device: str, seconds: float, qc: dict | None,
+                     monitor: "Monitor | None" = None, attempts: list | None = None,
+                     export_seconds: float | None = None, export: str | None = None) -> dict:
+    """What a user checks after training: epochs, where and why it stopped, final -ELBO, flatness, device,
+    time, peak GPU memory, the export and the reconstruction accuracy."""
+    summary = {
         "epochs": int(len(history)),
         "final_elbo": float(history["elbo_train"].iloc[-1]),
         "elbo_relative_change_last_10pct": flatness(history),
         "device": device,
         "train_seconds": round(float(seconds), 1),
         "seconds_per_epoch": round(float(seconds) / max(1, len(history)), 5),
+        "export": export,
+        "export_seconds": None if export_seconds is None else round(float(export_seconds), 2),
+        "peak_gpu_memory_gb": peak_gpu_memory_gb(),
         "reconstruction": qc,
     }
+    if monitor is not None:
+        summary.update({k: v for k, v in monitor.summary().items() if k != "epochs"})
+        summary["restarts"] = max(0, len(attempts or [None]) - 1)
+        summary["attempts"] = attempts or []
+    return summary
+
+
+def peak_gpu_memory_gb() -> float | None:
+    """Peak CUDA memory allocated by torch in this process (None without a GPU)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 3)

@@ -1,0 +1,126 @@
+"""The training plan's stopping rule on synthetic -ELBO curves, and the analytic posterior export against the
+sampled one (the same model, both exports)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from c2lnf.training import Monitor, Plan
+
+PLAN = Plan(max_epochs=30000, lr=0.03, lr_min=0.002, tol=1e-4, window=100, check_every=100, min_epochs=500)
+
+
+def run(plan: Plan, curve) -> tuple[Monitor, str]:
+    monitor = Monitor(plan)
+    action = "continue"
+    for value in curve:
+        action = monitor.update(value)
+        if action not in ("continue", "lower_lr"):
+            break
+    return monitor, action
+
+
+def curve(n: int, level=2e5, drop=1e5, tau=300.0, noise=0.0, seed=0) -> np.ndarray:
+    """An exponential approach to `level` from `level + drop` with time constant `tau`, plus Gaussian noise."""
+    t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    return level + drop * np.exp(-t / tau) + rng.normal(0, noise, n)
+
+
+def test_flat_curve_steps_the_rate_down_then_stops():
+    monitor, action = run(PLAN, np.full(30000, 2e5))
+    assert action == "stop"
+    assert [round(e["lr"], 6) for e in monitor.events if e["event"] == "lower_lr"] == [0.01, 0.003333, 0.002]
+    # each level needs two windows before its first check and `patience` checks below tol
+    assert monitor.stopped_epoch == 4 * 300
+    assert monitor.stop_reason.startswith("converged")
+    assert monitor.summary()["stopped_epoch"] == 1200 and monitor.lr == 0.002
+
+
+def test_noisy_plateau_stops_and_a_falling_curve_does_not():
+    # converges within ~3000 epochs, noise 0.1% of the level: must stop, after the curve has flattened
+    noisy, action = run(PLAN, curve(30000, tau=600, noise=200))
+    assert action == "stop"
+    assert 3000 < noisy.stopped_epoch < 12000
+    # still falling by ~0.2% per 100 epochs at the end: never converged, runs to the ceiling
+    falling = 2e5 + 1e5 * (1 - np.arange(30000) / 30000)
+    monitor, action = run(PLAN, falling)
+    assert action == "max_epochs" and monitor.stopped_epoch == 30000
+    assert not [e for e in monitor.events if e["event"] == "lower_lr"]
+
+
+def test_min_epochs_holds_the_stop():
+    plan = Plan(max_epochs=5000, lr=0.01, lr_min=0.01, tol=1e-4, window=50, check_every=50, min_epochs=2000)
+    monitor, action = run(plan, np.full(5000, 1e5))
+    assert action == "stop" and monitor.stopped_epoch == 2000
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_elbo_is_divergence(bad):
+    values = list(curve(400)) + [bad] + list(curve(100))
+    monitor, action = run(PLAN, values)
+    assert action == "diverged" and monitor.stopped_epoch == 401
+    assert "-ELBO is" in monitor.stop_reason
+
+
+def test_rising_elbo_is_divergence():
+    values = np.concatenate([curve(1000, tau=100), np.linspace(2e5, 3e5, 1000)])
+    monitor, action = run(PLAN, values)
+    assert action == "diverged" and 1000 < monitor.stopped_epoch <= 1300
+    assert "rose" in monitor.stop_reason
+
+
+def test_fixed_plan_is_the_tutorial():
+    fixed = PLAN.fixed()
+    monitor, action = run(fixed, np.full(30000, 2e5))
+    assert action == "max_epochs" and monitor.stopped_epoch == 30000 and monitor.lr == 0.03
+    assert [e["event"] for e in monitor.events] == ["max_epochs"]
+
+
+def test_plan_checks():
+    with pytest.raises(ValueError):
+        Plan(max_epochs=10, lr=0.001, lr_min=0.002)
+    with pytest.raises(ValueError):
+        Plan(max_epochs=0, lr=0.01, lr_min=0.002)
+
+
+# ---------------------------------------------------------------- analytic vs sampled posterior export
+
+
+def test_analytic_export_matches_the_sampled_one(ln_section, signatures_csv):
+    """Same trained model, both exports: q05 and means per cell type, Pearson r >= 0.999 (lymph node test data)."""
+    import anndata as ad
+    import pandas as pd
+
+    from c2lnf.map_cells import abundance_table, map_cells, read_signatures
+    from c2lnf.runtime import seed_everything
+    from c2lnf.training import export_posterior
+
+    seed_everything(0)
+    section = ad.read_h5ad(ln_section)
+    plan = Plan(max_epochs=300, lr=0.03, lr_min=0.002).fixed()
+    trained, combined = map_cells({"ln": section}, read_signatures(signatures_csv), 30.0, 20.0, plan, "cpu",
+                                  fast=True, analytic=True, num_samples=1000)
+    assert trained.export.startswith("analytic")
+    sampled, how = export_posterior(trained.model, combined.copy(), False, 1000, combined.n_obs, "cpu")
+    assert how == "sampled (1000 posterior samples)"
+    for stat in ("q05", "means", "q95", "stds"):
+        a, s = abundance_table(combined, stat), abundance_table(sampled, stat)
+        assert list(a.columns) == list(s.columns) and a.shape == s.shape
+        r = pd.Series({c: np.corrcoef(a[c], s[c])[0, 1] for c in a.columns})
+        floor = 0.999 if stat in ("q05", "means") else 0.99
+        assert (r >= floor).all(), f"{stat}: {r.round(5).to_dict()}"
+    # every site's mean, also the global ones (m_g) and the deterministic one (u_sf_mRNA_factors): within five
+    # standard errors of the 1000-sample mean
+    means_a, means_s = combined.uns["mod"]["post_sample_means"], sampled.uns["mod"]["post_sample_means"]
+    stds_a = combined.uns["mod"]["post_sample_stds"]
+    assert set(means_a) == set(means_s)
+    for site in ("m_g", "detection_y_s", "w_sf"):
+        a, s, sd = (np.asarray(x[site], dtype=float) for x in (means_a, means_s, stds_a))
+        assert a.shape == s.shape
+        assert (np.abs(a - s) <= 5 * sd / np.sqrt(1000) + 1e-6).mean() > 0.999, site
+    a, s = (np.asarray(x["u_sf_mRNA_factors"], dtype=float).ravel() for x in (means_a, means_s))
+    assert np.corrcoef(a, s)[0, 1] > 0.999
