@@ -5,6 +5,7 @@
 #   make test    pytest (tests/), with .venv/bin first on PATH
 #   make bench   benchmarks/run.py
 #   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
+#   make gpu-wheels  .whl/: the Python 3.12 wheels benchmarks/gpu_check.sh installs on the GPU machine
 #   make clean   work/, .nextflow*, results/ (keeps .venv/)
 #
 # Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV.
@@ -46,7 +47,7 @@ NXF_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo test bench lint clean
+.PHONY: help setup demo test bench lint clean gpu-wheels
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -116,3 +117,27 @@ lint:
 
 clean:
 	rm -rf work .nextflow .nextflow.log* .nextflow.pid results
+
+# The packages the GPU machine lacks (benchmarks/gpu_wheels.txt, pinned to requirements.lock's versions), as
+# CPython 3.12 manylinux x86_64 wheels, without their dependencies; `#sdist` lines have no wheel on PyPI and are
+# built here (pure Python). Idempotent: files already there are kept, unpinned ones removed, then the set is
+# checked (benchmarks/gpu_wheels_check.py: one version each, every requirement met by a wheel or the device image,
+# under 60 MiB). Needs a python3 with pip (PYTHON) and the package index; no torch or nvidia-* wheels.
+GPU_WHEELS := .whl
+GPU_PIP = "$(PYTHON)" -m pip --disable-pip-version-check
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+
+gpu-wheels:
+	@[ -n "$(PYTHON)" ] || { echo "gpu-wheels: ERROR: no python3 on PATH (set PYTHON=)" >&2; exit 1; }
+	mkdir -p $(GPU_WHEELS)
+	$(GPU_PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d $(GPU_WHEELS) -r benchmarks/gpu_wheels.txt
+	@for spec in $$(sed -n 's/^#sdist //p' benchmarks/gpu_wheels.txt); do \
+	  name=$${spec%%==*}; version=$${spec##*==}; \
+	  if compgen -G "$(GPU_WHEELS)/$${name//-/_}-$$version-*.whl" >/dev/null; then continue; fi; \
+	  echo "+ pip wheel --no-deps $$spec (an sdist only on PyPI: built here)"; \
+	  $(GPU_PIP) wheel --quiet --no-deps -w $(GPU_WHEELS) "$$spec"; \
+	done
+	"$(PYTHON)" benchmarks/gpu_wheels_check.py --prune $(GPU_WHEELS)
+	@du -sh $(GPU_WHEELS)
