@@ -77,7 +77,11 @@ def test_fixed_plan_is_the_tutorial():
     fixed = PLAN.fixed()
     monitor, action = run(fixed, np.full(30000, 2e5))
     assert action == "max_epochs" and monitor.stopped_epoch == 30000 and monitor.lr == 0.03
-    assert [e["event"] for e in monitor.events] == ["max_epochs"]
+    # the rule only notes where it would have stopped (first plateau after min_epochs), nothing else changes
+    assert [e["event"] for e in monitor.events] == ["converged", "max_epochs"]
+    assert monitor.converged_epoch == 500 and monitor.summary()["converged_epoch"] == 500
+    rising, action = run(fixed, np.linspace(2e5, 3e5, 3000))
+    assert action == "continue" and rising.stopped_epoch is None  # no divergence stop with fixed epochs either
 
 
 def test_plan_checks():
@@ -90,32 +94,50 @@ def test_plan_checks():
 # ---------------------------------------------------------------- analytic vs sampled posterior export
 
 
-def test_analytic_export_matches_the_sampled_one(ln_section, signatures_csv):
-    """Same trained model, both exports: q05 and means per cell type, Pearson r >= 0.999 (lymph node test data)."""
+def test_analytic_export_matches_the_sampled_one(ln_halves, signatures_csv):
+    """Same trained model, both exports (left half of the lymph node test data, 300 epochs).
+
+    Means: per cell type Pearson r >= 0.999. q05/q95/stds: the analytic values are exact, the sampled ones carry
+    Monte Carlo noise (a 5 % quantile of 1000 draws); so the analytic export must agree with a 1000-sample export at
+    least as well as a second 1000-sample export (another seed) does, and at r >= 0.998.
+    """
     import anndata as ad
     import pandas as pd
+    import pyro
 
     from c2lnf.map_cells import abundance_table, map_cells, read_signatures
     from c2lnf.runtime import seed_everything
     from c2lnf.training import export_posterior
 
     seed_everything(0)
-    section = ad.read_h5ad(ln_section)
+    section = ad.read_h5ad(ln_halves["ln_left"])
     plan = Plan(max_epochs=300, lr=0.03, lr_min=0.002).fixed()
     trained, combined = map_cells({"ln": section}, read_signatures(signatures_csv), 30.0, 20.0, plan, "cpu",
                                   fast=True, analytic=True, num_samples=1000)
     assert trained.export.startswith("analytic")
-    sampled, how = export_posterior(trained.model, combined.copy(), False, 1000, combined.n_obs, "cpu")
-    assert how == "sampled (1000 posterior samples)"
-    for stat in ("q05", "means", "q95", "stds"):
-        a, s = abundance_table(combined, stat), abundance_table(sampled, stat)
-        assert list(a.columns) == list(s.columns) and a.shape == s.shape
-        r = pd.Series({c: np.corrcoef(a[c], s[c])[0, 1] for c in a.columns})
-        floor = 0.999 if stat in ("q05", "means") else 0.99
-        assert (r >= floor).all(), f"{stat}: {r.round(5).to_dict()}"
+    sampled = []
+    for seed in (1, 2):
+        pyro.set_rng_seed(seed)
+        table, how = export_posterior(trained.model, combined.copy(), False, 1000, combined.n_obs, "cpu")
+        assert how == "sampled (1000 posterior samples)"
+        sampled.append(table)
+
+    def per_type_r(x, y, stat):
+        a, b = abundance_table(x, stat), abundance_table(y, stat)
+        assert list(a.columns) == list(b.columns) and a.shape == b.shape
+        return pd.Series({c: np.corrcoef(a[c], b[c])[0, 1] for c in a.columns})
+
+    means = per_type_r(combined, sampled[0], "means")
+    assert (means >= 0.999).all(), means.round(5).to_dict()
+    for stat in ("q05", "q95", "stds"):
+        exact_vs_sampled = per_type_r(combined, sampled[0], stat)
+        sampled_vs_sampled = per_type_r(sampled[1], sampled[0], stat)
+        assert (exact_vs_sampled >= 0.998 if stat != "stds" else exact_vs_sampled >= 0.99).all(), stat
+        assert exact_vs_sampled.median() >= sampled_vs_sampled.median(), (stat, exact_vs_sampled.median(),
+                                                                            sampled_vs_sampled.median())
     # every site's mean, also the global ones (m_g) and the deterministic one (u_sf_mRNA_factors): within five
     # standard errors of the 1000-sample mean
-    means_a, means_s = combined.uns["mod"]["post_sample_means"], sampled.uns["mod"]["post_sample_means"]
+    means_a, means_s = combined.uns["mod"]["post_sample_means"], sampled[0].uns["mod"]["post_sample_means"]
     stds_a = combined.uns["mod"]["post_sample_stds"]
     assert set(means_a) == set(means_s)
     for site in ("m_g", "detection_y_s", "w_sf"):

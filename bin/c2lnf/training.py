@@ -82,6 +82,7 @@ class Monitor:
         self.events: list[dict] = []
         self.stop_reason: str | None = None
         self.stopped_epoch: int | None = None
+        self.converged_epoch: int | None = None  # where the stopping rule fired (also noted with fixed epochs)
 
     @property
     def epoch(self) -> int:
@@ -104,7 +105,7 @@ class Monitor:
             return self._finish("diverged", f"-ELBO is {elbo} at epoch {self.epoch} (lr {self.lr:g})")
         if self.epoch >= p.max_epochs:
             return self._finish("max_epochs", f"reached max_epochs {p.max_epochs}")
-        if not p.adaptive or self.epoch % p.check_every:
+        if self.epoch % p.check_every:
             return "continue"
         w = p.window
         if self.epoch - self.level_start < 2 * w:
@@ -112,12 +113,18 @@ class Monitor:
         last = float(np.mean(self.elbo[-w:]))
         before = float(np.mean(self.elbo[-2 * w : -w]))
         self.last_rel = (before - last) / max(abs(last), 1e-30)
-        if last > self.best + p.diverge_tol * abs(self.best):
+        if p.adaptive and last > self.best + p.diverge_tol * abs(self.best):
             return self._finish("diverged", f"the {w}-epoch mean -ELBO rose to {last:.6g} from its best {self.best:.6g} "
                                             f"(> {p.diverge_tol:g} relative) at lr {self.lr:g}")
         self.best = min(self.best, last)
         self.below = self.below + 1 if self.last_rel < p.tol else 0
         if self.below < p.patience:
+            return "continue"
+        if not p.adaptive:  # fixed epochs: only note where the rule would have stopped training
+            if self.converged_epoch is None and self.epoch >= p.min_epochs:
+                self.converged_epoch = self.epoch
+                self._event("converged", f"the stopping rule would have stopped here (relative improvement "
+                                         f"{self.last_rel:.2e} < {p.tol:g}); training goes on (fixed epochs)")
             return "continue"
         if self.lr > p.lr_min * (1 + 1e-9):
             old, self.lr = self.lr, max(p.lr_min, self.lr * p.lr_factor)
@@ -126,6 +133,7 @@ class Monitor:
             return "lower_lr"
         if self.epoch < p.min_epochs:
             return "continue"
+        self.converged_epoch = self.epoch
         return self._finish("stop", f"converged: the {w}-epoch mean -ELBO improved by {self.last_rel:.2e} (< tol {p.tol:g}, "
                                     f"relative) at {p.patience} checks in a row at the lowest lr {self.lr:g}")
 
@@ -135,6 +143,7 @@ class Monitor:
             "epochs": self.epoch,
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
+            "converged_epoch": self.converged_epoch,
             "final_lr": self.lr,
             "lr_events": [e for e in self.events if e["event"] == "lower_lr"],
         }
