@@ -322,7 +322,7 @@ def training_numbers(res: dict, logfile: Path, summary_json: Path, kind: str, ep
     if summary_json.exists():
         js = json.loads(summary_json.read_text())
         res["training_json"] = js
-        for key in ("epochs", "stopped_epoch", "stop_reason", "train_seconds", "seconds_per_epoch", "export",
+        for key in ("epochs", "stopped_epoch", "stop_reason", "converged_epoch", "train_seconds", "seconds_per_epoch", "export",
                     "export_seconds", "peak_gpu_memory_gb", "device", "num_samples", "lr", "final_lr", "restarts",
                     "final_elbo", "elbo_relative_change_last_10pct"):
             if key in js:
@@ -354,7 +354,9 @@ def extrapolate(res: dict, kind: str, spe: float | None) -> dict:
         out["basis"] = f"the tutorial's {full_epochs} epochs x seconds_per_epoch (+ the measured export)"
     else:
         stopped, reason = res.get("stopped_epoch"), res.get("stop_reason")
-        # stopped_epoch: where the convergence test fired (or would have, under --no-early-stop)
+        if isinstance(res.get("converged_epoch"), (int, float)):
+            # under --no-early-stop the training JSON notes where the stopping rule fired (at the starting rate)
+            stopped, reason = res["converged_epoch"], "converged_epoch of the training JSON"
         converged = isinstance(stopped, (int, float)) and "max" not in str(reason or "").lower()
         if converged:
             out["converged_epoch"] = int(stopped)

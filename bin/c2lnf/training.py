@@ -424,10 +424,11 @@ def plot_history(model, path: Path, skip: int, title: str, monitor: "Monitor | N
         for event in monitor.events:
             if event["event"] == "lower_lr":
                 ax.axvline(event["epoch"], color="0.6", ls=":", lw=1)
-                ax.annotate(f"lr {event['lr']:g}", (event["epoch"], 1), xycoords=("data", "axes fraction"),
+                ax.annotate(f"lr {event['lr']:.3g}", (event["epoch"], 1), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=7, color="0.4")
         if monitor.stopped_epoch is not None:
-            ax.axvline(monitor.stopped_epoch, color="tab:red", lw=1)
+            ax.axvline(monitor.stopped_epoch, color="tab:red", lw=1.5)
+            ax.set_xlim(0, monitor.stopped_epoch * 1.03)  # the stop line inside the frame
             kind = monitor.events[-1]["event"]
             label = {"stop": "converged", "max_epochs": "max epochs", "diverged": "diverged"}.get(kind, kind)
             ax.set_title(f"{title}\nstopped at epoch {monitor.stopped_epoch}: {label}", fontsize=10)
