@@ -27,8 +27,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import (REPO, STEP_MAP, TESTDATA, device, fmt, log, machine, read_trace,  # noqa: E402
-                 timed_subprocess, versions)
+from run import (REPO, STEP_MAP, TESTDATA, device, fmt, log, machine, pipeline_command,  # noqa: E402
+                 read_trace, timed_subprocess, versions)
 
 DESIGNS = [  # name, spots, seed, gene panel (see simulate.py): two sizes, two seeds, two panels
     {"name": "lymph400_visium_seed0", "n_spots": 400, "seed": 0, "panel": "visium"},
@@ -54,13 +54,7 @@ def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict) -
     log(f"{design['name']}: {data['design_summary'].get('n_genes_spots')} genes, cells per spot "
         f"{data['design_summary'].get('cells_per_spot')}")
 
-    sheet = work / "samplesheet.csv"
-    sheet.write_text(f"sample,h5ad\nsim,{data['spots']}\n")
-    nf_out = work / "pipeline_out"
-    profile = "local,gpu" if dev["accelerator"] == "gpu" else "local"
-    nf_cmd = ["nextflow", "run", REPO / "main.nf", "-profile", profile, "-work-dir", work / "nf-work",
-              "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key", "sample",
-              "--outdir", nf_out, "--seed", design["seed"]]
+    nf_cmd, nf_out = pipeline_command(work, data, dev, design["seed"], [])  # the pipeline's defaults
     pipe = timed_subprocess(nf_cmd, work, work / "pipeline.log", env)
     pipe["steps"] = read_trace(nf_out)
     pipe["training"] = {name: json.loads(p.read_text()) for name, p in (

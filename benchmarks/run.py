@@ -161,6 +161,17 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def pipeline_command(work: Path, data: dict, dev: dict, seed: int, extra: list) -> tuple[list, Path]:
+    """The `nextflow run` of the pipeline on the simulated spots (one h5ad section) and its output folder."""
+    sheet = work / "samplesheet.csv"
+    sheet.write_text(f"sample,h5ad\nsim,{data['spots']}\n")
+    nf_out = work / "pipeline_out"
+    profile = "local,gpu" if dev["accelerator"] == "gpu" else "local"
+    return ["nextflow", "run", REPO / "main.nf", "-profile", profile, "-work-dir", work / "nf-work",
+            "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key", "sample",
+            "--outdir", nf_out, *extra, "--seed", seed], nf_out
+
+
 def table(results: dict) -> str:
     head = ("| method | prop. r (per spot) | prop. RMSE | abundance r | AUPR | wall (s) | peak RSS (GB) "
             "| wall vs tutorial |")
@@ -249,15 +260,9 @@ def main() -> None:
     truth = pd.read_csv(data["truth"], index_col=0)
 
     # 2a. the pipeline
-    sheet = work / "samplesheet.csv"
-    sheet.write_text(f"sample,h5ad\nsim,{data['spots']}\n")
-    nf_out = work / "pipeline_out"
-    profile = "local,gpu" if dev["accelerator"] == "gpu" else "local"
-    nf_cmd = ["nextflow", "run", REPO / "main.nf", "-profile", profile, "-work-dir", work / "nf-work",
-              "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key", "sample",
-              "--outdir", nf_out, "--ref_max_epochs", settings["ref_epochs"], "--map_max_epochs", settings["map_epochs"],
-              "--ref_num_samples", settings["ref_samples"], "--map_num_samples", settings["map_samples"],
-              "--seed", a.seed]
+    nf_cmd, nf_out = pipeline_command(work, data, dev, a.seed, [
+        "--ref_max_epochs", settings["ref_epochs"], "--map_max_epochs", settings["map_epochs"],
+        "--ref_num_samples", settings["ref_samples"], "--map_num_samples", settings["map_samples"]])
     pipe = timed_subprocess(nf_cmd, work, work / "pipeline.log", env)
     pipe["steps"] = read_trace(nf_out)
     pipe["peak_rss_gb_tasks"] = max(s["peak_rss_gb"] for s in pipe["steps"])
