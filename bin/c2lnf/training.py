@@ -255,14 +255,13 @@ class Trained:
 
 
 def train_and_export(make_model, adata, plan: Plan, accelerator: str, batch_size: int | None, fast: bool,
-                     analytic: bool, num_samples: int, export_batch_size: int, log_every: int | None = None,
-                     **export_kwargs):
+                     analytic: bool, num_samples: int, export_batch_size: int, log_every: int | None = None):
     """fit() then export_posterior(), both timed; returns (Trained, adata with the posterior)."""
     start = time.perf_counter()
     model, monitor, attempts = fit(make_model, plan, accelerator, batch_size, fast, log_every)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    adata, export = export_posterior(model, adata, analytic, num_samples, export_batch_size, accelerator, **export_kwargs)
+    adata, export = export_posterior(model, adata, analytic, num_samples, export_batch_size, accelerator)
     export_seconds = time.perf_counter() - start
     LOG.info("posterior exported in %.1f s: %s", export_seconds, export)
     return Trained(model, monitor, attempts, train_seconds, export, export_seconds), adata
@@ -286,7 +285,6 @@ def analytic_posterior(model, quantiles: tuple[str, ...] = ("q05", "q95")) -> di
     from pyro import poutine
     from pyro.infer.autoguide import AutoNormal
     from torch.distributions import Normal, biject_to
-    from torch.distributions import transforms as T
 
     guide = model.module.guide
     if not isinstance(guide, AutoNormal) or getattr(model.module, "is_amortised", False):
@@ -373,7 +371,7 @@ def _exp_affine(transform) -> tuple[float, float] | None:
     return shift, factor
 
 
-def export_posterior(model, adata, analytic: bool, num_samples: int, batch_size: int, accelerator: str, **kwargs):
+def export_posterior(model, adata, analytic: bool, num_samples: int, batch_size: int, accelerator: str):
     """model.export_posterior(adata): from the variational distribution directly (analytic=True, falling back to
     sampling for a guide without closed forms), or from `num_samples` posterior samples as the tutorial does.
 
@@ -386,11 +384,11 @@ def export_posterior(model, adata, analytic: bool, num_samples: int, batch_size:
         if samples is not None:
             model.sample_posterior = lambda *a, **k: samples  # shadows the sampling method for this call only
             try:
-                return model.export_posterior(adata, sample_kwargs=sample_kwargs, **kwargs), "analytic (variational distribution)"
+                return model.export_posterior(adata, sample_kwargs=sample_kwargs), "analytic (variational distribution)"
             finally:
                 del model.sample_posterior
         LOG.warning("the guide has no closed-form posterior: exporting from %d samples", num_samples)
-    return model.export_posterior(adata, sample_kwargs=sample_kwargs, **kwargs), f"sampled ({num_samples} posterior samples)"
+    return model.export_posterior(adata, sample_kwargs=sample_kwargs), f"sampled ({num_samples} posterior samples)"
 
 
 def posterior_kwargs(num_samples: int, batch_size: int, accelerator: str) -> dict:
@@ -420,20 +418,18 @@ def plot_history(model, path: Path, skip: int, title: str, monitor: "Monitor | N
     n = len(model.history_["elbo_train"])
     fig, ax = plt.subplots(figsize=(6, 4))
     model.plot_history(min(skip, max(0, n - 2)), ax=ax)
-    if monitor is not None:
-        for event in monitor.events:
-            if event["event"] == "lower_lr":
-                ax.axvline(event["epoch"], color="0.6", ls=":", lw=1)
-                ax.annotate(f"lr {event['lr']:.3g}", (event["epoch"], 1), xycoords=("data", "axes fraction"),
-                            rotation=90, va="top", ha="right", fontsize=7, color="0.4")
-        if monitor.stopped_epoch is not None:
-            ax.axvline(monitor.stopped_epoch, color="tab:red", lw=1.5)
-            ax.set_xlim(0, monitor.stopped_epoch * 1.03)  # the stop line inside the frame
-            kind = monitor.events[-1]["event"]
-            label = {"stop": "converged", "max_epochs": "max epochs", "diverged": "diverged"}.get(kind, kind)
-            ax.set_title(f"{title}\nstopped at epoch {monitor.stopped_epoch}: {label}", fontsize=10)
-        else:
-            ax.set_title(title)
+    events = monitor.events if monitor is not None else []
+    for event in events:
+        if event["event"] == "lower_lr":
+            ax.axvline(event["epoch"], color="0.6", ls=":", lw=1)
+            ax.annotate(f"lr {event['lr']:.3g}", (event["epoch"], 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color="0.4")
+    if monitor is not None and monitor.stopped_epoch is not None:
+        ax.axvline(monitor.stopped_epoch, color="tab:red", lw=1.5)
+        ax.set_xlim(0, monitor.stopped_epoch * 1.03)  # the stop line inside the frame
+        kind = events[-1]["event"]
+        label = {"stop": "converged", "max_epochs": "max epochs", "diverged": "diverged"}.get(kind, kind)
+        ax.set_title(f"{title}\nstopped at epoch {monitor.stopped_epoch}: {label}", fontsize=10)
     else:
         ax.set_title(title)
     return save_figures([fig], path)
