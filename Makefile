@@ -36,9 +36,11 @@ endif
 # machine trusts works as it does for pip and curl (UV_NATIVE_TLS is the older uv's name for it).
 UV_TLS := UV_SYSTEM_CERTS=$${UV_SYSTEM_CERTS:-1} UV_NATIVE_TLS=$${UV_NATIVE_TLS:-1}
 
-# The lock's digest names the stamp, so a changed requirements.lock re-syncs and nothing else does.
+# The lock's digest names the stamp, so a changed requirements.lock re-syncs and nothing else does. Bytecode is
+# compiled at install: this environment (and many CI runners) set PYTHONDONTWRITEBYTECODE, and without .pyc files
+# every task recompiles torch, scvi-tools and scanpy from source (import cell2location: 17 s -> 7 s on 2 cores).
 LOCK_SHA := $(shell (sha256sum requirements.lock 2>/dev/null || shasum -a 256 requirements.lock) | cut -c1-16)
-LOCK_STAMP := $(VENV)/.lock-$(LOCK_SHA)
+LOCK_STAMP := $(VENV)/.lock-$(LOCK_SHA)-bytecode
 
 TESTDATA ?= ../shared/testdata
 TESTDATA_BUILD ?= testdata_build
@@ -68,7 +70,7 @@ $(LOCK_STAMP): requirements.lock | $(VENV)/bin/python $(UV_DEP)
 	@$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 	  || { echo "setup: ERROR: $(VENV) is not a Python 3.11 environment; remove it (rm -rf $(VENV)) and run make setup again" >&2; exit 1; }
 	rm -f $(VENV)/.lock-*
-	$(UV_TLS) "$(UV)" pip sync --python $(VENV)/bin/python requirements.lock
+	$(UV_TLS) "$(UV)" pip sync --compile-bytecode --python $(VENV)/bin/python requirements.lock
 	touch $@
 
 $(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VENV)/bin/python

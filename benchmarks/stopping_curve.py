@@ -73,8 +73,8 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
         current[0] = Cell2location(adata, cell_state_df=signatures, N_cells_per_location=30, detection_alpha=20)
         return current[0]
 
-    plan = T.Plan(max_epochs=a.max_epochs, lr=a.lr, lr_min=a.lr_min, tol=tol, window=a.window,
-                  check_every=a.window, min_epochs=a.min_epochs)
+    plan = T.Plan(max_epochs=a.max_epochs, lr=a.lr, lr_min=a.lr_min, lr_factor=a.lr_factor, tol=tol,
+                  window=a.window, check_every=a.window, min_epochs=a.min_epochs)
     seed_everything(a.seed)
     PyroSviTrainMixin.train = train_with_eval
     try:
@@ -84,7 +84,7 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
     finally:
         PyroSviTrainMixin.train = original
     final = q05_now()
-    final.to_csv(Path(a.out) / f"stopping_tol{tol:g}_q05.csv")
+    final.to_csv(Path(a.out) / f"stopping_tol{tol:g}{a.tag}_q05.csv")
     return {"tol": tol, "plan": monitor.summary()["plan"], "stopped_epoch": monitor.stopped_epoch,
             "stop_reason": monitor.stop_reason, "lr_events": monitor.summary()["lr_events"], "train_s": train_s,
             "ms_per_epoch": 1000 * train_s / monitor.epoch, "final": score(final), "evals": evals,
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--tols", default="1e-3,1e-4")
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--lr-min", type=float, default=0.002)
+    ap.add_argument("--lr-factor", type=float, default=1 / 3, help="lr multiplier at each plateau above --lr-min")
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--min-epochs", type=int, default=500)
     ap.add_argument("--max-epochs", type=int, default=30000)
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
     a = ap.parse_args()
     setup_logging()
     import anndata as ad
@@ -125,7 +127,7 @@ def main() -> None:
     Cell2location.setup_anndata(adata=adata, batch_key="sample")
     for tol in (float(t) for t in a.tols.split(",")):
         result = run_one(a, tol, adata, truth, sig.loc[genes], tutorial)
-        (a.out / f"stopping_tol{tol:g}.json").write_text(json.dumps(result, indent=1, default=float))
+        (a.out / f"stopping_tol{tol:g}{a.tag}.json").write_text(json.dumps(result, indent=1, default=float))
         print(json.dumps({k: result[k] for k in ("tol", "stopped_epoch", "train_s", "final")}, default=float), flush=True)
 
 

@@ -52,6 +52,15 @@ def test_noisy_plateau_stops_and_a_falling_curve_does_not():
     assert not [e for e in monitor.events if e["event"] == "lower_lr"]
 
 
+def test_a_decimal_factor_lands_on_lr_min():
+    # 0.03 * 0.0666667 is 0.002000001: that is lr_min, not one more level above it
+    plan = Plan(max_epochs=30000, lr=0.03, lr_min=0.002, lr_factor=0.0666667, tol=1e-4, window=100,
+                check_every=100, min_epochs=500)
+    monitor, action = run(plan, np.full(30000, 2e5))
+    assert action == "stop" and monitor.stopped_epoch == 2 * 300
+    assert [e["lr"] for e in monitor.events if e["event"] == "lower_lr"] == [0.002]
+
+
 def test_min_epochs_holds_the_stop():
     plan = Plan(max_epochs=5000, lr=0.01, lr_min=0.01, tol=1e-4, window=50, check_every=50, min_epochs=2000)
     monitor, action = run(plan, np.full(5000, 1e5))

@@ -126,8 +126,10 @@ class Monitor:
                 self._event("converged", f"the stopping rule would have stopped here (relative improvement "
                                          f"{self.last_rel:.2e} < {p.tol:g}); training goes on (fixed epochs)")
             return "continue"
-        if self.lr > p.lr_min * (1 + 1e-9):
+        if self.lr > p.lr_min * (1 + 1e-6):
             old, self.lr = self.lr, max(p.lr_min, self.lr * p.lr_factor)
+            if self.lr < p.lr_min * (1 + 1e-6):  # a factor given in decimals (0.0667 for 1/15) lands on lr_min
+                self.lr = p.lr_min
             self.level_start, self.below = self.epoch, 0
             self._event("lower_lr", f"plateau at lr {old:g} (relative improvement {self.last_rel:.2e} < {p.tol:g}): lr -> {self.lr:g}")
             return "lower_lr"
