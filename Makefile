@@ -87,9 +87,9 @@ demo: setup
 	  testdata="$(abspath $(TESTDATA_BUILD))"; \
 	  if [ ! -d "$$testdata/lymph_node" ]; then \
 	    echo "demo: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
-	    $(RUN_ENV) $(VENV)/bin/python bin/c2l build-testdata --out "$(TESTDATA_BUILD)"; \
+	    $(RUN_ENV) $(VENV)/bin/python tests/build_testdata.py --out "$(TESTDATA_BUILD)"; \
 	    [ -d "$$testdata/lymph_node" ] \
-	      || { echo "demo: ERROR: c2l build-testdata left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
+	      || { echo "demo: ERROR: tests/build_testdata.py left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
 	  fi; \
 	fi; \
 	echo "+ nextflow run main.nf -profile test,local --testdata $$testdata --outdir $(abspath $(OUTDIR)) $(NXF_ARGS)"; \

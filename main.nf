@@ -12,7 +12,8 @@
 
 nextflow.enable.dsl = 2
 
-include { CELL2LOCATION } from './workflows/cell2location'
+include { CELL2LOCATION   } from './workflows/cell2location'
+include { readSamplesheet } from './subworkflows/local/samplesheet'
 
 def helpMessage() {
     """
@@ -89,72 +90,34 @@ def validateParameters() {
     }
 }
 
-/*
- * Samplesheet: one row per section. Errors name the row, the sample and the column.
- */
-def readSamplesheet(String path, String baseDir) {
-    def sheet = file(path)
-    def lines = sheet.readLines().findAll { it.trim() }
-    if (!lines) { error("Samplesheet ${path}: the file is empty") }
-    def header = lines[0].split(',', -1).collect { it.trim() }
-    def dup = header.findAll { h -> header.count(h) > 1 }.unique()
-    if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
-    if (!('sample' in header)) { error("Samplesheet ${path}: missing column 'sample' (columns: ${header.join(', ')})") }
-    if (!('spaceranger_dir' in header) && !('h5ad' in header)) {
-        error("Samplesheet ${path}: missing column 'spaceranger_dir' or 'h5ad' (columns: ${header.join(', ')})")
-    }
-    def base = baseDir ? file(baseDir) : sheet.parent
-    def seen = [:]
-    def rows = []
-    sheet.splitCsv(header: true, strip: true).eachWithIndex { row, i ->
-        def n = i + 2
-        def sample = row.sample ?: ''
-        def where = "Samplesheet ${path}, row ${n}, sample '${sample}'"
-        if (!sample) { error("Samplesheet ${path}, row ${n}: field 'sample' is empty") }
-        if (!(sample ==~ /[A-Za-z0-9_.\-]+/)) {
-            error("${where}: field 'sample' may only contain letters, digits, '_', '.', '-'")
-        }
-        if (seen.containsKey(sample)) { error("${where}: field 'sample' is duplicated (also row ${seen[sample]})") }
-        seen[sample] = n
-        def sr = row.spaceranger_dir ?: ''
-        def h5 = row.h5ad ?: ''
-        if ((sr && h5) || (!sr && !h5)) { error("${where}: give exactly one of the fields 'spaceranger_dir' and 'h5ad'") }
-        def field = sr ? 'spaceranger_dir' : 'h5ad'
-        def raw = sr ?: h5
-        def input = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
-        if (!input.exists()) { error("${where}: field '${field}': path does not exist: ${input}") }
-        if (sr && !input.isDirectory()) { error("${where}: field 'spaceranger_dir': not a folder: ${input}") }
-        if (h5 && input.isDirectory()) { error("${where}: field 'h5ad': is a folder, expected an .h5ad file: ${input}") }
-        def meta = [id: sample, input_type: field]
-        ['n_cells_per_location', 'detection_alpha'].each { key ->
-            def v = row[key]
-            if (v) {
-                def num = v.isNumber() ? v.toBigDecimal() : null
-                if (num == null || num <= 0) { error("${where}: field '${key}' must be a positive number, got '${v}'") }
-                meta[key] = num
-            }
-        }
-        row.each { k, v -> if (!(k in ['sample', 'spaceranger_dir', 'h5ad', 'n_cells_per_location', 'detection_alpha']) && v) { meta[k] = v } }
-        rows << [meta, input]
-    }
-    if (!rows) { error("Samplesheet ${path}: no rows") }
-    return rows
-}
-
 workflow {
     if (params.help) {
         log.info helpMessage()
         return
     }
     validateParameters()
-    def rows = readSamplesheet(params.input, params.input_base_dir)
+    // one [meta, path] per section; every rule of assets/schema_input.json checked before any task starts
+    def rows = readSamplesheet(
+        path:         params.input,
+        schema:       "${projectDir}/assets/schema_input.json",
+        base_dir:     params.input_base_dir,
+        defaults:     [n_cells_per_location: params.n_cells_per_location, detection_alpha: params.detection_alpha],
+        mapping_mode: params.mapping_mode,
+    )
     log.info "cell2location-nf: ${rows.size()} section(s): ${rows.collect { it[0].id }.join(', ')}; mapping mode ${params.mapping_mode}"
 
+    // the reference's meta carries the obs columns its steps read (the options go in through ext.args)
+    def refMeta = [
+        id:                         'reference',
+        labels_key:                 params.labels_key,
+        batch_key:                  params.batch_key,
+        categorical_covariate_keys: params.categorical_covariate_keys,
+        gene_id_column:             params.reference_gene_id_column,
+    ]
     CELL2LOCATION(
         Channel.fromList(rows),
-        params.reference  ? Channel.value(file(params.reference))  : Channel.empty(),
-        params.signatures ? Channel.value(file(params.signatures)) : Channel.empty(),
-        params.labels_key ?: '',
+        params.reference  ? Channel.value([refMeta, file(params.reference)]) : Channel.empty(),
+        params.signatures ? Channel.value(file(params.signatures))           : Channel.empty(),
         params.mapping_mode,
     )
 

@@ -170,11 +170,10 @@ def ln_halves_raw(ln_section, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ln_halves(ln_halves_raw, tmp_path_factory) -> dict[str, Path]:
-    """The two halves read by `c2l read-visium --h5ad`; the right half overrides detection_alpha (200)."""
+    """The two halves read by `c2l read-visium --h5ad`."""
     out = tmp_path_factory.mktemp("ln_halves")
-    invoke("read-visium", "--sample", "ln_left", "--h5ad", ln_halves_raw["ln_left"], "--outdir", out)
-    invoke("read-visium", "--sample", "ln_right", "--h5ad", ln_halves_raw["ln_right"], "--meta", "detection_alpha=200",
-           "--outdir", out)
+    for name, path in ln_halves_raw.items():
+        invoke("read-visium", "--sample", name, "--h5ad", path, "--outdir", out)
     return {name: out / f"{name}.h5ad" for name in ln_halves_raw}
 
 
@@ -207,8 +206,10 @@ def signatures_csv(reference_run) -> Path:
 
 @pytest.fixture(scope="session")
 def joint_mapping(ln_halves, signatures_csv, tmp_path_factory) -> Path:
-    """`c2l map-cells` (tiny) on both lymph node halves in one joint model; returns its outdir."""
+    """`c2l map-cells` (tiny) on both lymph node halves in one joint model, the right half with its own
+    detection_alpha (200); returns its outdir."""
     out = tmp_path_factory.mktemp("map_cells")
-    invoke("map-cells", ln_halves["ln_left"], ln_halves["ln_right"], "--signatures", signatures_csv,
-           "--run-id", "joint", *TINY_MAPPING, "--seed", "0", "--outdir", out)
+    invoke("map-cells", "--section", f"ln_left={ln_halves['ln_left']}", "--section", f"ln_right={ln_halves['ln_right']}",
+           "--signatures", signatures_csv, "--detection-alpha", "20", "--detection-alpha", "ln_right=200",
+           "--prefix", "joint", *TINY_MAPPING, "--seed", "0", "--outdir", out)
     return out

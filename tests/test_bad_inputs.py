@@ -238,7 +238,9 @@ def test_min_cells_per_type_must_be_positive(tmp_path):
 
 
 def map_cells(*sections, signatures, outdir, extra=()):
-    return invoke("map-cells", *sections, "--signatures", signatures, "--max-epochs", "1", "--num-samples", "2",
+    """map-cells on the given h5ad files, each as the section named after its file."""
+    pairs = [x for p in sections for x in ("--section", f"{Path(p).stem}={p}")]
+    return invoke("map-cells", *pairs, "--signatures", signatures, "--max-epochs", "1", "--num-samples", "2",
                   "--device", "cpu", *extra, "--outdir", outdir, expect=None)
 
 
@@ -301,44 +303,30 @@ def test_n_cells_per_location_must_be_positive(mtx_section, tmp_path, value):
     sig = tmp_path / "sig.csv"
     signatures_for(["G1", "G2"]).to_csv(sig)
     out = tmp_path / "out"
-    proc = run_c2l("map-cells", mtx_section, "--signatures", sig, "--n-cells-per-location", value, "--outdir", out,
-                   expect=None)
+    proc = run_c2l("map-cells", "--section", f"mtx={mtx_section}", "--signatures", sig, "--n-cells-per-location",
+                   value, "--outdir", out, expect=None)
     check(proc, 2, f"Invalid value for '--n-cells-per-location': must be > 0, got {float(value)}", outdir=out,
           case=f"--n-cells-per-location {value}", step="map-cells")
 
 
-def _section_with_meta(tmp_path, sample, *meta) -> Path:
-    src = require(FIXTURES / "mouse_brain_mtx_50x50")
-    invoke("read-visium", "--sample", sample, "--spaceranger-dir", src, *[x for m in meta for x in ("--meta", m)],
-           "--outdir", tmp_path / "sections")
-    return tmp_path / "sections" / f"{sample}.h5ad"
-
-
-def test_negative_per_section_override(tmp_path):
-    path = _section_with_meta(tmp_path, "neg", "n_cells_per_location=-5")
-    section = ad.read_h5ad(path)
-    signatures_for(section.var_names).to_csv(tmp_path / "sig.csv")
-    result = map_cells(path, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
-    check(result, 1, "sample 'neg', field 'n_cells_per_location': must be a positive number, got -5",
-          outdir=tmp_path / "out", case="negative n_cells_per_location in a section's metadata", step="map-cells")
-
-
-def test_joint_sections_with_different_n_cells(tmp_path):
-    a = _section_with_meta(tmp_path, "secA", "n_cells_per_location=10")
-    b = _section_with_meta(tmp_path, "secB", "n_cells_per_location=30")
-    signatures_for(ad.read_h5ad(a).var_names).to_csv(tmp_path / "sig.csv")
-    result = map_cells(a, b, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
-    check(result, 1, "sample 'secA, secB', field 'n_cells_per_location': sections mapped in one joint model must "
-          "share one value (secA=10, secB=30)", "--mapping_mode per_sample", outdir=tmp_path / "out",
-          case="joint mapping, sections with different n_cells_per_location", step="map-cells")
+@pytest.mark.parametrize("value, message", [
+    ("mtx=-5", "'mtx=-5': must be > 0"),
+    ("mtx=lots", "'mtx=lots': 'lots' is not a number"),
+    ("other=200", "'other=200': no --section named other"),
+])
+def test_detection_alpha_per_section(mtx_section, tmp_path, value, message):
+    signatures_for(["G1", "G2"]).to_csv(tmp_path / "sig.csv")
+    result = map_cells(mtx_section, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out",
+                       extra=("--detection-alpha", value))
+    check(result, 2, f"Invalid value for --detection-alpha: {message}", outdir=tmp_path / "out",
+          case=f"--detection-alpha {value}", step="map-cells")
 
 
 def test_same_sample_twice(mtx_section, tmp_path):
-    copy = tmp_path / "copy.h5ad"
-    shutil.copy(mtx_section, copy)
     signatures_for(["G1", "G2"]).to_csv(tmp_path / "sig.csv")
-    result = map_cells(mtx_section, copy, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
-    check(result, 1, "sample 'mtx', field 'sample': given twice", outdir=tmp_path / "out",
+    result = invoke("map-cells", "--section", f"mtx={mtx_section}", "--section", f"mtx={mtx_section}",
+                    "--signatures", tmp_path / "sig.csv", "--outdir", tmp_path / "out", expect=None)
+    check(result, 2, "Invalid value for '--section': 'mtx' given twice", outdir=tmp_path / "out",
           case="the same sample given twice", step="map-cells")
 
 
@@ -346,7 +334,7 @@ def test_same_sample_twice(mtx_section, tmp_path):
 
 
 def test_plot_unmapped_section(mtx_section, tmp_path):
-    result = invoke("plot-spatial", mtx_section, "--outdir", tmp_path / "out", expect=None)
+    result = invoke("plot-spatial", mtx_section, "--sample", "mtx", "--outdir", tmp_path / "out", expect=None)
     check(result, 1, "sample 'mtx', field 'q05_cell_abundance_w_sf': obsm['q05_cell_abundance_w_sf'] is missing",
           "run map_cells on this section first", outdir=tmp_path / "out", case="plotting a section that was not mapped",
           step="plot-spatial")

@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from conftest import TINY_REFERENCE, invoke, run_c2l
+from conftest import REPO, TINY_REFERENCE, invoke, run_c2l
 from c2lnf.cli import cli
 
-SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "plot-spatial", "versions",
-               "build-testdata"]
+SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "plot-spatial", "versions"]
 
 
 def test_help_lists_every_subcommand():
@@ -24,11 +23,45 @@ def test_help_lists_every_subcommand():
     assert sorted(cli.commands) == sorted(SUBCOMMANDS)
 
 
-def test_every_subcommand_has_help():
+def test_every_subcommand_help_shows_its_purpose_and_options():
     for name in SUBCOMMANDS:
-        result = invoke(name, "--help")
-        assert f"Usage: cli {name}" in result.output or f"Usage: c2l {name}" in result.output
-        assert "--help" in result.output
+        command = cli.commands[name]
+        text = invoke(name, "--help").output
+        assert command.help.splitlines()[0] in text, name
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.opts[0] in text, (name, param.opts)
+
+
+def _nextflow_params() -> dict[str, str]:
+    """`name = value` lines of nextflow.config's params block."""
+    text = (REPO / "nextflow.config").read_text()
+    block = text.split("params {", 1)[1].split("\n}", 1)[0]
+    return {m.group(1): m.group(2).strip("'\"") for m in re.finditer(r"^\s+(\w+)\s*=\s*(\S+)", block, re.M)}
+
+
+def test_hand_run_defaults_are_the_pipelines():
+    """The CLI's defaults (for running a step by hand) are nextflow.config's, which the pipeline always passes."""
+    from c2lnf.cli import PLAN_DEFAULTS
+
+    nf = _nextflow_params()
+    for model, prefix in (("reference", "ref"), ("mapping", "map")):
+        for key, value in PLAN_DEFAULTS[model].items():
+            assert float(nf[f"{prefix}_{key}"]) == float(value), (model, key)
+    options = {(c, p.name): p.default for c, cmd in cli.commands.items() for p in cmd.params}
+    pairs = {("filter-reference", "cell_count_cutoff"): "cell_count_cutoff",
+             ("filter-reference", "cell_percentage_cutoff2"): "cell_percentage_cutoff2",
+             ("filter-reference", "nonz_mean_cutoff"): "nonz_mean_cutoff",
+             ("filter-reference", "min_cells_per_type"): "min_cells_per_type",
+             ("train-reference", "batch_size"): "ref_batch_size",
+             ("train-reference", "num_samples"): "ref_num_samples",
+             ("map-cells", "num_samples"): "map_num_samples",
+             ("map-cells", "n_cells_per_location"): "n_cells_per_location",
+             ("plot-spatial", "n_overlay"): "n_overlay",
+             ("map-cells", "seed"): "seed"}
+    for option, param in pairs.items():
+        assert float(options[option]) == float(nf[param]), (option, param)
+    assert [float(v) for v in options[("map-cells", "detection_alpha")]] == [float(nf["detection_alpha"])]
 
 
 def test_versions_yaml():

@@ -367,15 +367,20 @@ def test_conda_pip_section_resolves_to_the_lock(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # one image name everywhere
 # ---------------------------------------------------------------------------------------------------------
-def test_modules_use_the_image_and_the_environment():
+def test_one_image_and_one_environment_for_every_step():
+    """The image is declared once (conf/base.config, for every process) with manifest.version as its tag; the
+    conda environment once per conda profile; no module names either."""
     version = manifest_version()
+    base = (REPO / "conf" / "base.config").read_text()
+    assert set(re.findall(r"'((?:docker://)?ghcr\.io/[^']+)'", base)) == {f"{IMAGE_REPO}:{version}",
+                                                                         f"docker://{IMAGE_REPO}:{version}"}
     assert MODULES, "no modules found"
     for module in MODULES:
         text = module.read_text()
-        images = set(re.findall(r"'((?:docker://)?ghcr\.io/[^']+)'", text))
-        assert images == {f"{IMAGE_REPO}:{version}", f"docker://{IMAGE_REPO}:{version}"}, f"{module}: {images}"
-        assert 'conda "${moduleDir}/../../../containers/environment.yml"' in text, module
-        assert (module.parent / "../../../containers/environment.yml").resolve() == ENV_YML
+        assert not re.search(r"^\s*(container|conda)\b", text, re.M), f"{module} declares its own container/conda"
+    config = (REPO / "nextflow.config").read_text()
+    assert config.count('process.conda           = "${projectDir}/containers/environment.yml"') == 2  # conda, mamba
+    assert ENV_YML.is_file()
 
 
 def test_docs_name_the_same_image():

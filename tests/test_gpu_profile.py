@@ -232,7 +232,7 @@ def test_only_training_steps_get_the_gpu(engine, gpu, extra, tmp_path):
     image = IMAGE
     extra = list(extra)
     if "OVERRIDE" in extra:
-        # containers/README.md: a withName selector in a user config replaces the modules' image
+        # containers/README.md: a withName selector in a user config replaces the pipeline's image
         image = "registry.example.org/lab/cell2location-nf:0.1.0"
         override = tmp_path / "my_registry.config"
         override.write_text("process {\n    withName: '.*' {\n        container = '%s'\n    }\n}\n" % image)

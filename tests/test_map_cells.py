@@ -1,4 +1,5 @@
-"""map-cells: gene matching, per-section parameters, and a tiny joint model over two lymph node halves."""
+"""map-cells: gene matching, per-section parameters from the command line, and a tiny joint model over two
+lymph node halves."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import pytest
 
 from conftest import LN_CELL_TYPES, assert_png, no_staging
 from c2lnf.errors import C2LError
-from c2lnf.map_cells import STATS, read_signatures, resolve_section_params, shared_genes
+from c2lnf.map_cells import STATS, read_signatures, shared_genes
 
 
-def section(genes, sample="s", meta=None, n=4) -> ad.AnnData:
+def section(genes, sample="s", n=4) -> ad.AnnData:
     adata = ad.AnnData(X=np.ones((n, len(genes)), dtype=np.float32), var=pd.DataFrame(index=list(genes)))
     adata.obs_names = [f"{sample}_{i}" for i in range(n)]
-    adata.uns["c2l_sample"] = {"sample": sample, **(meta or {})}
     return adata
 
 
@@ -59,14 +59,14 @@ def test_no_shared_genes_in_second_section_names_it():
         shared_genes({"a": section(["G1", "G2"]), "b": section(["Z1", "Z2"])}, sig)
 
 
-def test_section_params_overrides_and_checks():
-    sections = {"a": section(["G1"], "a"), "b": section(["G1"], "b", {"detection_alpha": "200", "n_cells_per_location": ""})}
-    n_cells, alpha = resolve_section_params(sections, 30.0, 20.0)
-    assert n_cells == {"a": 30.0, "b": 30.0} and alpha == {"a": 20.0, "b": 200.0}
-    with pytest.raises(C2LError, match="sample 'a', field 'n_cells_per_location': must be a positive number, got -5"):
-        resolve_section_params({"a": section(["G1"], "a", {"n_cells_per_location": "-5"})}, 30.0, 20.0)
-    with pytest.raises(C2LError, match="sample 'a', field 'detection_alpha': 'lots' is not a number"):
-        resolve_section_params({"a": section(["G1"], "a", {"detection_alpha": "lots"})}, 30.0, 20.0)
+def test_detection_alpha_value_or_per_section():
+    from c2lnf.cli import _per_section
+
+    assert _per_section("--detection-alpha", ("20",), ["a", "b"]) == {"a": 20.0, "b": 20.0}
+    assert _per_section("--detection-alpha", ("20", "b=200"), ["a", "b"]) == {"a": 20.0, "b": 200.0}
+    assert _per_section("--detection-alpha", ("a=5", "b=200"), ["a", "b"]) == {"a": 5.0, "b": 200.0}
+    with pytest.raises(Exception, match="no value for section"):
+        _per_section("--detection-alpha", ("a=5",), ["a", "b"])
 
 
 def test_read_signatures_roundtrip(tmp_path):
@@ -132,7 +132,7 @@ def test_section_result(joint_mapping, ln_halves, signatures_csv, sample, alpha)
     info = result.uns["cell2location"]
     assert list(info["factor_names"]) == LN_CELL_TYPES
     assert info["model_run"] == "joint"
-    assert info["detection_alpha"] == alpha  # the right half overrides it in its metadata
+    assert info["detection_alpha"] == alpha  # --detection-alpha ln_right=200
     assert info["n_cells_per_location"] == 30.0
     signatures_genes = pd.read_csv(signatures_csv, index_col=0).index
     # 558 genes are shared with the whole reference (README); fewer pass the reference's gene filter

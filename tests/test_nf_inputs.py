@@ -42,6 +42,17 @@ CASES = {
     "n_cells_zero": (
         f"sample,spaceranger_dir,n_cells_per_location\nln,{VISIUM},0\n", [], "test,local",
         "Samplesheet {sheet}, row 2, sample 'ln': field 'n_cells_per_location' must be a positive number, got '0'"),
+    "sample_pattern": (
+        f"sample,spaceranger_dir\nln 1,{VISIUM}\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln 1': field 'sample' may only contain letters, digits, '_', '.', '-'"),
+    "detection_alpha_negative": (
+        f"sample,spaceranger_dir,detection_alpha\nln,{VISIUM},-1\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'detection_alpha' must be a positive number, got '-1'"),
+    # a rule across rows: one joint model, one n_cells_per_location (an empty cell takes --n_cells_per_location)
+    "joint_n_cells_differ": (
+        f"sample,spaceranger_dir,n_cells_per_location\nln,{VISIUM},\nln2,{VISIUM},8\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln2': field 'n_cells_per_location' must be the same in every row when "
+        "the sections are mapped in one joint model (ln=30, ln2=8); use --mapping_mode per_sample"),
     "mapping_mode": (
         None, ["--mapping_mode", "together"], "test,local",
         "--mapping_mode: must be one of joint, per_sample, got 'together'"),

@@ -132,7 +132,7 @@ def test_two_sections_one_joint_model(two_joint):
             assert table.shape == (mapped.n_obs, 11) and (table.values >= 0).all()
             assert list(table.index) == list(mapped.obs_names)
         assert (two_joint.outdir / "plot_spatial" / sample / f"{sample}.overlay.png").stat().st_size > 1000
-        assert mapped.uns["c2l_sample"]["region"] == sample.split("_")[1]
+        assert set(mapped.obs["region"]) == {sample.split("_")[1]}       # a metadata column, via meta
     assert halves["ln_left"].n_obs + halves["ln_right"].n_obs == 1000
     assert not set(halves["ln_left"].obs_names) & set(halves["ln_right"].obs_names)
     assert sorted(p.name for p in (two_joint.outdir / "map_cells").iterdir()) == ["joint"]

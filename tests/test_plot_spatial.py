@@ -17,7 +17,7 @@ def mapped_left(joint_mapping):
 
 
 def test_plot_spatial_on_tissue_image(mapped_left, tmp_path):
-    invoke("plot-spatial", mapped_left, "--outdir", tmp_path)
+    invoke("plot-spatial", mapped_left, "--sample", "ln_left", "--outdir", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"ln_left.{f}.png" for f in FIGURES)
     for fig in FIGURES:
         assert_png(tmp_path / f"ln_left.{fig}.png", min_kb=20)
@@ -27,17 +27,17 @@ def test_plot_spatial_on_tissue_image(mapped_left, tmp_path):
 def test_plot_spatial_without_image_and_named_overlay(mapped_left, tmp_path):
     adata = ad.read_h5ad(mapped_left)
     adata.uns["spatial"] = {}
-    adata.uns["c2l_sample"]["sample"] = "noimage"
     path = tmp_path / "noimage.cell2location.h5ad"
     adata.write_h5ad(path)
     out = tmp_path / "out"
-    invoke("plot-spatial", path, "--overlay-cell-types", "B,T_CD4,DC", "--outdir", out)
+    invoke("plot-spatial", path, "--sample", "noimage", "--overlay-cell-types", "B,T_CD4,DC", "--outdir", out)
     for fig in FIGURES:
         assert_png(out / f"noimage.{fig}.png", min_kb=10)
 
 
 def test_unknown_overlay_cell_type(mapped_left, tmp_path):
-    result = invoke("plot-spatial", mapped_left, "--overlay-cell-types", "B,Neurons", "--outdir", tmp_path / "out",
+    result = invoke("plot-spatial", mapped_left, "--sample", "ln_left", "--overlay-cell-types", "B,Neurons",
+                    "--outdir", tmp_path / "out",
                     expect=None)
     assert_failed_cleanly(result, 1, "sample 'ln_left'", "field 'overlay_cell_types'", "unknown cell type(s) ['Neurons']",
                           outdir=tmp_path / "out")

@@ -154,13 +154,12 @@ def test_probe_level_h5_is_summed_per_gene():
 
 def test_lymph_node_symbols():
     folder = require(LYMPH_NODE / "visium")
-    adata, qc = load_section("ln", folder, metadata={"detection_alpha": "200"})
+    adata, qc = load_section("ln", folder, obs={"donor": "d1"})
     assert adata.shape == (1000, 2000)
     assert not is_ensembl(adata.var_names[:50])
     assert list(adata.var_names) == list(adata.var["SYMBOL"])
     check_spatial(adata, folder / "spatial", LN_LIBRARY, "ln", {"hires", "lowres"})
-    assert adata.uns["c2l_sample"]["detection_alpha"] == "200"
-    assert (adata.obs["detection_alpha"] == "200").all()
+    assert (adata.obs["donor"] == "d1").all()
     assert adata.obsm["MT"].shape == (1000, 0) and qc["n_mt_genes"] == 0 and qc["mean_mt_fraction"] == 0
 
 
@@ -176,12 +175,11 @@ def test_mouse_hippocampus():
 def test_read_visium_cli_writes_h5ad_and_qc(tmp_path):
     folder = require(FIXTURES / "mouse_brain_mtx_50x50")
     out = tmp_path / "out"
-    invoke("read-visium", "--sample", "mtx", "--spaceranger-dir", folder, "--meta", "n_cells_per_location=8",
-           "--outdir", out)
+    invoke("read-visium", "--sample", "mtx", "--spaceranger-dir", folder, "--obs", "donor=d8", "--outdir", out)
     assert sorted(p.name for p in out.iterdir()) == ["mtx.h5ad", "mtx.qc.csv"]
     adata = ad.read_h5ad(out / "mtx.h5ad")
     assert adata.shape == (22, 50) and "spatial" in adata.obsm and "MT" in adata.obsm
-    assert adata.uns["c2l_sample"] == {"sample": "mtx", "n_cells_per_location": "8"}
+    assert (adata.obs["donor"] == "d8").all() and adata.uns["c2l_sample"] == {"sample": "mtx", "donor": "d8"}
     qc = pd.read_csv(out / "mtx.qc.csv")
     assert qc.loc[0, "sample"] == "mtx" and qc.loc[0, "n_spots"] == 22 and qc.loc[0, "total_umis"] == 622
 

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bin"))
 
-from c2lnf import testdata  # noqa: E402
+import build_testdata as testdata  # noqa: E402
 from c2lnf.errors import C2LError  # noqa: E402
 
 TESTDATA = Path(os.environ.get("C2L_TESTDATA", REPO.parent / "shared" / "testdata"))

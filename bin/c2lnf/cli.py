@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, testdata
+from . import __version__
 from .errors import C2LError
 
 LOG = logging.getLogger("c2l")
@@ -49,13 +49,14 @@ def _key_values(ctx, param, values):
         if "=" not in item:
             raise click.BadParameter(f"expected KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
+        if key.strip() in out:
+            raise click.BadParameter(f"'{key.strip()}' given twice")
         out[key.strip()] = value
     return out
 
 
-# Tutorial values (the ceilings and the --tutorial-settings behaviour) and the pipeline's defaults per model.
-TUTORIAL_LR = 0.002
-TUTORIAL_NUM_SAMPLES = 1000
+# Defaults of the pipeline live in nextflow.config and nextflow_schema.json, which pass every value; these are
+# for running a step by hand, and tests/test_cli.py checks that they equal nextflow.config's.
 PLAN_DEFAULTS = {
     "reference": {"max_epochs": 250, "lr": 0.002, "lr_min": 0.002, "stop_tol": 1e-3, "stop_window": 10, "min_epochs": 50},
     "mapping": {"max_epochs": 30000, "lr": 0.03, "lr_min": 0.002, "stop_tol": 1e-4, "stop_window": 100, "min_epochs": 500},
@@ -64,6 +65,8 @@ PLAN_DEFAULTS = {
 
 def training_options(model: str):
     """Options shared by the two training steps; `model` ('reference' or 'mapping') picks the defaults."""
+    from .training import TUTORIAL_LR, TUTORIAL_NUM_SAMPLES
+
     d = PLAN_DEFAULTS[model]
 
     def decorate(func):
@@ -105,49 +108,16 @@ def training_options(model: str):
     return decorate
 
 
-def _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol, stop_window, min_epochs, early_stop,
-                    export_mode, num_samples):
-    """(Plan, fast, analytic, num_samples) from the training options; --tutorial-settings wins."""
-    from .training import Plan
+def _training(device, require_gpu, threads, seed, **options):
+    """The training Setup of a step from its training options, with threads, seeds and the device set."""
+    from .training import setup_from_options, start
 
-    if tutorial_settings:
-        return Plan(max_epochs, TUTORIAL_LR, TUTORIAL_LR).fixed(), False, False, TUTORIAL_NUM_SAMPLES
-    if lr_min > lr:
-        LOG.info("--lr %g is below --lr-min %g: training at one rate, %g", lr, lr_min, lr)
-        lr_min = lr
-    plan = Plan(max_epochs=max_epochs, lr=lr, lr_min=lr_min, tol=stop_tol, window=stop_window,
-                check_every=stop_window, min_epochs=min_epochs)
-    return (plan if early_stop else plan.fixed()), True, export_mode == "analytic", num_samples
+    return start(setup_from_options(**options), device, require_gpu, threads, seed)
 
 
-def _start_training(device: str, require_gpu: bool, threads: int | None, seed: int) -> tuple[str, str]:
-    """Threads, seeds and the device; returns (scvi accelerator, device description)."""
-    from .runtime import resolve_device, seed_everything, set_threads
-
-    set_threads(threads)
-    seed_everything(seed)
-    accelerator, description = resolve_device(device, require_gpu)
-    LOG.info("training device: %s", description)
-    return accelerator, description
-
-
-def _write_summary(trained, history, device: str, path: Path) -> None:
-    """<name>_training.json: epochs, where and why training stopped, device, times, reconstruction accuracy."""
-    import json
-
-    from .training import reconstruction_metrics, training_summary
-
-    try:
-        qc = reconstruction_metrics(trained.model)
-    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training (e.g. upstream #74)
-        LOG.warning("reconstruction metrics not computed: %s", exc)
-        qc = None
-    summary = training_summary(trained.model, history, device, trained.train_seconds, qc, trained.monitor,
-                               trained.attempts, trained.export_seconds, trained.export)
-    if qc:
-        LOG.info("reconstruction accuracy: Pearson r %.3f (log1p %.3f) over %d observations",
-                 qc["pearson_r"], qc["pearson_r_log1p"], qc["n_obs_used"])
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+def _prefix_option(default: str | None, what: str):
+    return click.option("--prefix", default=default, show_default=default is not None,
+                        help=f"Prefix of the output file names ({what}).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -174,24 +144,20 @@ def cli(verbose: bool, pipeline_digest: str | None) -> None:
               help="Space Ranger output folder (or its parent holding outs/).")
 @click.option("--h5ad", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A section already in AnnData form, with obsm['spatial'].")
-@click.option("--meta", multiple=True, callback=_key_values, help="KEY=VALUE metadata carried into the outputs (repeatable).")
+@click.option("--obs", multiple=True, callback=_key_values,
+              help="KEY=VALUE descriptive metadata written as a constant obs column (repeatable).")
 @click.option("--drop-empty-spots", is_flag=True, help="Drop spots without counts instead of failing.")
+@_prefix_option(None, "default: the sample id")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder for <sample>.h5ad and <sample>.qc.csv.")
+              help="Folder for <prefix>.h5ad and <prefix>.qc.csv.")
 @domain_errors
-def read_visium_cmd(sample, spaceranger_dir, h5ad, meta, drop_empty_spots, outdir):
+def read_visium_cmd(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, prefix, outdir):
     """Read one Visium section: counts, positions, images; MT genes to obsm['MT']; QC numbers."""
-    import pandas as pd
-
-    from .read_visium import load_section
-    from .runtime import staged_outputs, write_h5ad
+    from .read_visium import run
 
     if (spaceranger_dir is None) == (h5ad is None):
         raise click.UsageError("give exactly one of --spaceranger-dir or --h5ad")
-    adata, qc = load_section(sample, spaceranger_dir, h5ad, meta, drop_empty_spots)
-    with staged_outputs(outdir) as out:
-        write_h5ad(adata, out.path(f"{sample}.h5ad"))
-        pd.DataFrame([qc]).to_csv(out.path(f"{sample}.qc.csv"), index=False)
+    run(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, outdir, prefix or sample)
 
 
 def reference_options(func):
@@ -216,133 +182,104 @@ def reference_options(func):
 @click.option("--nonz-mean-cutoff", type=float, default=1.12, show_default=True, help="filter_genes: nonz_mean_cutoff.")
 @click.option("--min-cells-per-type", type=int, default=5, show_default=True, callback=_positive,
               help="Fail when a cell type has fewer cells than this.")
+@_prefix_option("reference", "<prefix>_filtered.h5ad, <prefix>_filter.png, <prefix>_genes.csv")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder for reference_filtered.h5ad, reference_filter.png, reference_genes.csv.")
+              help="Folder for the outputs.")
 @domain_errors
 def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column,
-                         cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, outdir):
+                         cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, prefix, outdir):
     """Check the reference and keep the genes that pass cell2location's filter_genes."""
-    from .filter_reference import filter_reference, genes_table, load_reference
-    from .runtime import save_figures, staged_outputs, write_h5ad
+    from .filter_reference import run
 
-    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type)
-    filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
-    with staged_outputs(outdir) as out:
-        write_h5ad(filtered, out.path("reference_filtered.h5ad"))
-        save_figures(figures, out.path("reference_filter.png"))
-        genes_table(adata, filtered.var_names).to_csv(out.path("reference_genes.csv"))
+    run(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, cell_count_cutoff,
+        cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, outdir, prefix)
 
 
 @cli.command("train-reference")
 @reference_options
 @click.option("--batch-size", type=int, default=2500, show_default=True, callback=_positive, help="Cells per minibatch.")
 @training_options("reference")
+@_prefix_option("reference", "<prefix>_model/, <prefix>_training.json, ...; signatures.csv keeps its name")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder for signatures.csv, reference_model/, plots and the posterior h5ad.")
+              help="Folder for signatures.csv, the model, plots and the posterior h5ad.")
 @domain_errors
-def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, max_epochs,
-                        device, require_gpu, threads, seed, tutorial_settings, lr, lr_min, stop_tol, stop_window,
-                        min_epochs, early_stop, export_mode, num_samples, log_every, outdir):
+def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, device, require_gpu,
+                        threads, seed, prefix, outdir, **options):
     """Train the reference regression model and export cell-type signatures."""
-    from .filter_reference import load_reference
-    from .runtime import staged_outputs, write_h5ad
-    from .train_reference import plot_reference_qc, signatures, train_reference
-    from .training import history_frame, plot_history
+    from .train_reference import run
 
-    plan, fast, analytic, num_samples = _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol,
-                                                        stop_window, min_epochs, early_stop, export_mode, num_samples)
-    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1)
-    accelerator, device_name = _start_training(device, require_gpu, threads, seed)
-    trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, plan, batch_size,
-                                     accelerator, fast, analytic, num_samples, log_every)
-    history = history_frame(trained.model)
-    with staged_outputs(outdir) as out:
-        signatures(adata).to_csv(out.path("signatures.csv"))
-        history.to_csv(out.path("reference_history.csv"), index=False)
-        _write_summary(trained, history, device_name, out.path("reference_training.json"))
-        plot_history(trained.model, out.path("reference_history.png"), skip=20, title="reference regression model",
-                     monitor=trained.monitor)
-        plot_reference_qc(trained.model, out.path("reference_qc.png"))
-        trained.model.save(str(out.path("reference_model")), overwrite=True)
-        write_h5ad(adata, out.path("reference_posterior.h5ad"))
+    setup = _training(device, require_gpu, threads, seed, **options)
+    run(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, setup, outdir, prefix)
 
 
 @cli.command("map-cells")
-@click.argument("sections", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--section", "sections", multiple=True, required=True, callback=_key_values,
+              help="SAMPLE=PATH of a read-visium h5ad (repeatable: all sections are fitted in one model).")
 @click.option("--signatures", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Signatures CSV (genes x cell types) from train-reference or a previous run.")
-@click.option("--run-id", default="joint", show_default=True, help="Name of this model (prefix of model outputs).")
 @click.option("--n-cells-per-location", type=float, default=30.0, show_default=True, callback=_positive,
-              help="Expected cells per spot (sections may override it in their metadata).")
-@click.option("--detection-alpha", type=float, default=20.0, show_default=True, callback=_positive,
-              help="Regularisation of within-slide detection sensitivity (20 high, 200 low technical variability).")
+              help="Expected cells per spot (one value for the model).")
+@click.option("--detection-alpha", "detection_alpha", multiple=True, default=("20",), show_default=True,
+              help="Regularisation of within-slide detection sensitivity (20 high, 200 low technical variability): "
+                   "VALUE for every section, or SAMPLE=VALUE per section (repeatable).")
 @training_options("mapping")
+@_prefix_option("joint", "the model's name: <prefix>_model/, <prefix>_training.json, ...")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the per-section h5ad/CSVs and the model's outputs.")
 @domain_errors
-def map_cells_cmd(sections, signatures, run_id, n_cells_per_location, detection_alpha, max_epochs, device,
-                  require_gpu, threads, seed, tutorial_settings, lr, lr_min, stop_tol, stop_window, min_epochs,
-                  early_stop, export_mode, num_samples, log_every, outdir):
-    """Map cell types onto the sections with one Cell2location model (all SECTIONS jointly)."""
-    import anndata as ad
+def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, device, require_gpu, threads, seed,
+                  prefix, outdir, **options):
+    """Map cell types onto the sections with one Cell2location model (all --section's jointly)."""
+    from .map_cells import run
 
-    from .map_cells import STATS, abundance_table, map_cells, read_signatures, section_result
-    from .runtime import staged_outputs, write_h5ad
-    from .training import flatness, history_frame, plot_history, plot_qc
+    paths = {}
+    for sample, path in sections.items():
+        path = Path(path)
+        if not path.is_file():
+            raise click.BadParameter(f"{sample}: no such file: {path}", param_hint="--section")
+        paths[sample] = path
+    alpha = _per_section("--detection-alpha", detection_alpha, list(paths))
+    setup = _training(device, require_gpu, threads, seed, **options)
+    run(paths, signatures, n_cells_per_location, alpha, setup, outdir, prefix)
 
-    plan, fast, analytic, num_samples = _training_setup(max_epochs, tutorial_settings, lr, lr_min, stop_tol,
-                                                        stop_window, min_epochs, early_stop, export_mode, num_samples)
-    loaded = {}
-    for path in sections:
-        adata = ad.read_h5ad(path)
-        sample = str(adata.uns.get("c2l_sample", {}).get("sample") or Path(path).name.split(".")[0])
-        if sample in loaded:
-            raise C2LError("given twice", sample, "sample")
-        loaded[sample] = adata
-    sig = read_signatures(signatures)
-    accelerator, device_name = _start_training(device, require_gpu, threads, seed)
-    trained, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, plan, accelerator, fast,
-                                  analytic, num_samples, log_every)
-    model = trained.model
-    history = history_frame(model)
-    LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
-    with staged_outputs(outdir) as out:
-        for sample, section in loaded.items():
-            write_h5ad(section_result(section, combined, sample, run_id), out.path(f"{sample}.cell2location.h5ad"))
-            for stat in STATS:
-                abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
-        history.to_csv(out.path(f"{run_id}_history.csv"), index=False)
-        _write_summary(trained, history, device_name, out.path(f"{run_id}_training.json"))
-        plot_history(model, out.path(f"{run_id}_history.png"), skip=max(1, min(1000, len(history) // 10)),
-                     title=f"cell2location model '{run_id}'", monitor=trained.monitor)
-        plot_qc(model, out.path(f"{run_id}_qc.png"))
-        model.save(str(out.path(f"{run_id}_model")), overwrite=True, save_anndata=True)
+
+def _per_section(name: str, values: tuple[str, ...], samples: list[str]) -> dict[str, float]:
+    """VALUE (every section) or SAMPLE=VALUE items -> {sample: positive float} for every sample."""
+    out: dict[str, float] = {}
+    for item in values:
+        sample, _, raw = item.rpartition("=")
+        targets = [sample] if sample else samples
+        if sample and sample not in samples:
+            raise click.BadParameter(f"'{item}': no --section named {sample}", param_hint=name)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise click.BadParameter(f"'{item}': '{raw}' is not a number", param_hint=name) from None
+        if not value > 0 or value == float("inf"):
+            raise click.BadParameter(f"'{item}': must be > 0", param_hint=name)
+        out.update({s: value for s in targets})
+    missing = [s for s in samples if s not in out]
+    if missing:
+        raise click.BadParameter(f"no value for section(s) {', '.join(missing)}", param_hint=name)
+    return out
 
 
 @cli.command("plot-spatial")
 @click.argument("section", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sample", required=True, help="Sample id of the section (named in errors).")
 @click.option("--overlay-cell-types", default=None, callback=_csv_list,
               help="Comma-separated cell types for the overlay map (default: the most abundant --n-overlay).")
 @click.option("--n-overlay", type=click.IntRange(1, 7), default=6, show_default=True,
               help="How many of the most abundant cell types the overlay shows when none are named.")
+@_prefix_option(None, "default: the sample id")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the three PNG figures.")
 @domain_errors
-def plot_spatial_cmd(section, overlay_cell_types, n_overlay, outdir):
+def plot_spatial_cmd(section, sample, overlay_cell_types, n_overlay, prefix, outdir):
     """Spatial maps of one mapped section: q05 per cell type, a multi-type overlay, per-spot pie charts."""
-    import anndata as ad
+    from .plot_spatial import run
 
-    from .plot_spatial import check_cell_types, plot_abundance_maps, plot_overlay, plot_proportion_pies, top_cell_types
-    from .runtime import save_figures, staged_outputs
-
-    adata = ad.read_h5ad(section)
-    sample = str(adata.uns.get("c2l_sample", {}).get("sample") or Path(section).name.split(".")[0])
-    overlay = overlay_cell_types or top_cell_types(adata, n_overlay)
-    check_cell_types(adata, overlay)
-    with staged_outputs(outdir) as out:
-        save_figures([plot_abundance_maps(adata)], out.path(f"{sample}.q05_abundance.png"))
-        save_figures([plot_overlay(adata, overlay)], out.path(f"{sample}.overlay.png"))
-        save_figures([plot_proportion_pies(adata)], out.path(f"{sample}.proportions.png"))
+    run(section, sample, overlay_cell_types, n_overlay, outdir, prefix or sample)
 
 
 @cli.command("versions")
@@ -352,9 +289,6 @@ def versions_cmd(process):
     from .versions import versions_yaml
 
     click.echo(versions_yaml(process), nl=False)
-
-
-cli.add_command(testdata.command, name="build-testdata")
 
 
 def main() -> None:

@@ -108,3 +108,18 @@ def genes_table(adata: ad.AnnData, kept: pd.Index) -> pd.DataFrame:
     table["kept"] = np.isin(adata.var_names, kept)
     table.index.name = "gene"
     return table
+
+
+def run(reference: Path, labels_key: str, batch_key: str | None, categorical_covariate_keys: list[str],
+        gene_id_column: str | None, cell_count_cutoff: int, cell_percentage_cutoff2: float, nonz_mean_cutoff: float,
+        min_cells_per_type: int, outdir: Path, prefix: str) -> None:
+    """The step: check the reference, keep the genes that pass filter_genes; writes <prefix>_filtered.h5ad,
+    <prefix>_filter.png and <prefix>_genes.csv into `outdir` (all or none)."""
+    from .runtime import save_figures, staged_outputs, write_h5ad
+
+    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type)
+    filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
+    with staged_outputs(outdir) as out:
+        write_h5ad(filtered, out.path(f"{prefix}_filtered.h5ad"))
+        save_figures(figures, out.path(f"{prefix}_filter.png"))
+        genes_table(adata, filtered.var_names).to_csv(out.path(f"{prefix}_genes.csv"))

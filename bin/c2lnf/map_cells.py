@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import C2LError
-from .read_visium import ENSEMBL_RE
-from .training import Plan, Trained, train_and_export
+from .genes import looks_ensembl
+from .training import Plan, Setup, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.map_cells")
 STATS = ("means", "stds", "q05", "q95")
@@ -50,11 +50,6 @@ def read_signatures(path: Path) -> pd.DataFrame:
     return table
 
 
-def _looks_ensembl(names) -> bool:
-    names = list(names)[:500]
-    return bool(names) and np.mean([bool(ENSEMBL_RE.match(str(n))) for n in names]) > 0.5
-
-
 def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> pd.Index:
     """Genes present in every section and in the signatures, in the signatures' order."""
     genes = pd.Index(signatures.index)
@@ -65,8 +60,8 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
             # transposed first: its cell-type index would otherwise pass for symbols against Ensembl ids
             if set(map(str, signatures.columns)) & set(map(str, adata.var_names)):
                 hint = " (the signatures look transposed: genes must be rows, cell types columns)"
-            elif _looks_ensembl(adata.var_names) != _looks_ensembl(signatures.index):
-                side = "the section" if _looks_ensembl(adata.var_names) else "the reference"
+            elif looks_ensembl(adata.var_names) != looks_ensembl(signatures.index):
+                side = "the section" if looks_ensembl(adata.var_names) else "the reference"
                 hint = (f" ({side} uses Ensembl ids and the other side gene symbols: give the reference's Ensembl id "
                         "column with --reference_gene_id_column, or use matching identifiers)")
             raise C2LError(f"no gene in common with the reference signatures{hint}", sample, "genes")
@@ -74,28 +69,6 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
     if len(genes) < 10:
         LOG.warning("only %d genes are shared between the sections and the reference", len(genes))
     return genes
-
-
-def resolve_section_params(
-    sections: dict[str, ad.AnnData], n_cells_per_location: float, detection_alpha: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-section N_cells_per_location and detection_alpha: samplesheet overrides or the global values."""
-    n_cells, alpha = {}, {}
-    for sample, adata in sections.items():
-        meta = adata.uns.get("c2l_sample", {})
-        for key, default, out in (
-            ("n_cells_per_location", n_cells_per_location, n_cells),
-            ("detection_alpha", detection_alpha, alpha),
-        ):
-            raw = meta.get(key)
-            try:
-                value = float(raw) if raw not in (None, "", "nan") else float(default)
-            except ValueError as exc:
-                raise C2LError(f"'{raw}' is not a number", sample, key) from exc
-            if not np.isfinite(value) or value <= 0:
-                raise C2LError(f"must be a positive number, got {value:g}", sample, key)
-            out[sample] = value
-    return n_cells, alpha
 
 
 def combine_sections(sections: dict[str, ad.AnnData], genes: pd.Index) -> ad.AnnData:
@@ -116,7 +89,7 @@ def map_cells(
     sections: dict[str, ad.AnnData],
     signatures: pd.DataFrame,
     n_cells_per_location: float,
-    detection_alpha: float,
+    detection_alpha: dict[str, float],
     plan: Plan,
     accelerator: str,
     fast: bool,
@@ -126,19 +99,15 @@ def map_cells(
 ) -> tuple[Trained, ad.AnnData]:
     """Fit Cell2location to all sections jointly; returns (Trained, combined AnnData with the posterior).
 
-    With `plan.fixed()`, `fast=False`, `analytic=False` this is exactly the tutorial's calls.
+    `n_cells_per_location` is the model's (one value for all sections), `detection_alpha` one value per section
+    (sample -> value). With `plan.fixed()`, `fast=False`, `analytic=False` this is exactly the tutorial's calls.
     """
     from cell2location.models import Cell2location
 
-    n_cells, alpha = resolve_section_params(sections, n_cells_per_location, detection_alpha)
-    if len(set(n_cells.values())) > 1:
-        listing = ", ".join(f"{s}={v:g}" for s, v in n_cells.items())
-        raise C2LError(
-            f"sections mapped in one joint model must share one value ({listing}); "
-            "use --mapping_mode per_sample to give each section its own",
-            ", ".join(sections),
-            "n_cells_per_location",
-        )
+    missing = [s for s in sections if s not in detection_alpha]
+    if missing:
+        raise C2LError("no detection_alpha given for this section", missing[0], "detection_alpha")
+    alpha = {s: float(detection_alpha[s]) for s in sections}
     genes = shared_genes(sections, signatures)
     combined = combine_sections(sections, genes)
     totals = np.asarray(combined.X.sum(axis=1)).ravel()
@@ -158,7 +127,7 @@ def map_cells(
         return Cell2location(
             combined,
             cell_state_df=signatures.loc[genes],
-            N_cells_per_location=next(iter(n_cells.values())),
+            N_cells_per_location=n_cells_per_location,
             detection_alpha=alpha_arg,
         )
 
@@ -167,7 +136,7 @@ def map_cells(
     trained, combined = train_and_export(make_model, combined, plan, accelerator, None, fast, analytic, num_samples,
                                          combined.n_obs, log_every)
     combined.uns["c2l_params"] = {
-        "n_cells_per_location": float(next(iter(n_cells.values()))),
+        "n_cells_per_location": float(n_cells_per_location),
         "detection_alpha": {k: float(v) for k, v in alpha.items()},
         "max_epochs": int(plan.max_epochs),
         "epochs": int(trained.monitor.epoch),
@@ -206,3 +175,31 @@ def section_result(section: ad.AnnData, combined: ad.AnnData, sample: str, run_i
         "detection_alpha": combined.uns["c2l_params"]["detection_alpha"][sample],
     }
     return out
+
+
+def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float, detection_alpha: dict[str, float],
+        setup: Setup, outdir: Path, prefix: str) -> None:
+    """The step: one model over `sections` (sample -> h5ad); writes <sample>.cell2location.h5ad and the four
+    <sample>.<stat>_cell_abundance_w_sf.csv per section, and <prefix>_model/, <prefix>_history.csv/png,
+    <prefix>_training.json, <prefix>_qc.png into `outdir` (all or none)."""
+    from .runtime import staged_outputs, write_h5ad
+    from .training import flatness, history_frame, plot_history, plot_qc, write_summary
+
+    loaded = {sample: ad.read_h5ad(path) for sample, path in sections.items()}
+    sig = read_signatures(signatures)
+    trained, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, setup.plan, setup.accelerator,
+                                  setup.fast, setup.analytic, setup.num_samples, setup.log_every)
+    model = trained.model
+    history = history_frame(model)
+    LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
+    with staged_outputs(outdir) as out:
+        for sample, section in loaded.items():
+            write_h5ad(section_result(section, combined, sample, prefix), out.path(f"{sample}.cell2location.h5ad"))
+            for stat in STATS:
+                abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
+        history.to_csv(out.path(f"{prefix}_history.csv"), index=False)
+        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"))
+        plot_history(model, out.path(f"{prefix}_history.png"), skip=max(1, min(1000, len(history) // 10)),
+                     title=f"cell2location model '{prefix}'", monitor=trained.monitor)
+        plot_qc(model, out.path(f"{prefix}_qc.png"))
+        model.save(str(out.path(f"{prefix}_model")), overwrite=True, save_anndata=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -28,8 +29,7 @@ def abundance(adata: ad.AnnData, stat: str = "q05") -> pd.DataFrame:
     """Spots x cell types table of a posterior statistic stored in obsm by map_cells."""
     key = f"{stat}_cell_abundance_w_sf"
     if key not in adata.obsm:
-        raise C2LError(f"obsm['{key}'] is missing: run map_cells on this section first",
-                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), key)
+        raise KeyError(f"obsm['{key}'] is missing")
     table = pd.DataFrame(adata.obsm[key]).copy()
     table.columns = [str(c).replace(f"{stat}cell_abundance_w_sf_", "") for c in table.columns]
     table.index = adata.obs_names
@@ -83,13 +83,21 @@ def top_cell_types(adata: ad.AnnData, n: int = 6, stat: str = "q05") -> list[str
     return list(abundance(adata, stat).sum(axis=0).sort_values(ascending=False).index[:n])
 
 
-def check_cell_types(adata: ad.AnnData, cell_types: list[str], stat: str = "q05") -> None:
+def check_section(adata: ad.AnnData, sample: str, cell_types: list[str], stats=("q05", "means")) -> None:
+    """Fail early, naming the sample, when the section was not mapped or the overlay names an unknown type."""
+    for stat in stats:
+        key = f"{stat}_cell_abundance_w_sf"
+        if key not in adata.obsm:
+            raise C2LError(f"obsm['{key}'] is missing: run map_cells on this section first", sample, key)
+    check_cell_types(adata, cell_types, sample)
+
+
+def check_cell_types(adata: ad.AnnData, cell_types: list[str], sample: str, stat: str = "q05") -> None:
     """Fail early when the overlay names a cell type the model does not have."""
     known = list(abundance(adata, stat).columns)
     unknown = [c for c in cell_types if c not in known]
     if unknown:
-        raise C2LError(f"unknown cell type(s) {unknown}; known: {known}",
-                       str(adata.uns.get("c2l_sample", {}).get("sample", "?")), "overlay_cell_types")
+        raise C2LError(f"unknown cell type(s) {unknown}; known: {known}", sample, "overlay_cell_types")
 
 
 def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
@@ -99,7 +107,6 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
     plot_spatial = cell2location_function("plt.plot_spatial", "plot_spatial")  # without torch: see light_imports
 
     table = abundance(adata, stat)
-    check_cell_types(adata, cell_types, stat)
     cell_types = cell_types[:7]
     slide = _slide_with(adata, table[cell_types])
     lib, img_key, sf = library(adata)
@@ -171,3 +178,17 @@ def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: f
               loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="cell type")
     ax.set_title(f"cell-type proportions per spot ({stat} abundance, normalised)")
     return fig
+
+
+def run(section: Path, sample: str, overlay_cell_types: list[str], n_overlay: int, outdir: Path, prefix: str) -> None:
+    """The step: the three figures of one mapped section as <prefix>.q05_abundance.png, .overlay.png,
+    .proportions.png in `outdir` (all or none)."""
+    from .runtime import save_figures, staged_outputs
+
+    adata = ad.read_h5ad(section)
+    overlay = overlay_cell_types or (top_cell_types(adata, n_overlay) if "q05_cell_abundance_w_sf" in adata.obsm else [])
+    check_section(adata, sample, overlay)
+    with staged_outputs(outdir) as out:
+        save_figures([plot_abundance_maps(adata)], out.path(f"{prefix}.q05_abundance.png"))
+        save_figures([plot_overlay(adata, overlay)], out.path(f"{prefix}.overlay.png"))
+        save_figures([plot_proportion_pies(adata)], out.path(f"{prefix}.proportions.png"))

@@ -20,10 +20,10 @@ import scipy.sparse as sp
 
 from .counts import check_raw_counts, row_totals
 from .errors import C2LError
+from .genes import ENSEMBL_RE
 
 LOG = logging.getLogger("c2l.read_visium")
 
-ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 MT_RE = re.compile(r"^(MT|mt|Mt)-")
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 MATRIX_NAMES = [
@@ -304,10 +304,11 @@ def load_section(
     sample: str,
     spaceranger_dir: Path | None = None,
     h5ad: Path | None = None,
-    metadata: dict | None = None,
+    obs: dict | None = None,
     drop_empty_spots: bool = False,
 ) -> tuple[ad.AnnData, dict]:
-    """Read, check and annotate one section; returns the AnnData and its QC numbers."""
+    """Read, check and annotate one section; returns the AnnData and its QC numbers. `obs`: descriptive
+    metadata (the samplesheet's extra columns) written as constant obs columns."""
     if (spaceranger_dir is None) == (h5ad is None):
         raise C2LError("give exactly one of spaceranger_dir or h5ad", sample, "spaceranger_dir/h5ad")
     field = "spaceranger_dir" if spaceranger_dir is not None else "h5ad"
@@ -331,14 +332,25 @@ def load_section(
     if "MT" not in adata.obsm:
         adata = move_mt_genes(adata)
     adata.obs["sample"] = pd.Categorical([sample] * adata.n_obs)
-    meta = {k: v for k, v in (metadata or {}).items() if v is not None}
+    meta = {k: v for k, v in (obs or {}).items() if v is not None}
     for key, value in meta.items():
         if key not in adata.obs:
             adata.obs[key] = pd.Categorical([str(value)] * adata.n_obs)
-    adata.uns["c2l_sample"] = {"sample": sample, **{k: str(v) for k, v in meta.items()}}
+    adata.uns["c2l_sample"] = {"sample": sample, **{k: str(v) for k, v in meta.items()}}  # provenance only
     qc = section_qc(adata, sample)
     LOG.info(
         "sample %s: %d spots x %d genes, %d MT genes moved to obsm['MT'], median %.0f UMIs/spot",
         sample, qc["n_spots"], qc["n_genes"], qc["n_mt_genes"], qc["median_umis_per_spot"],
     )
     return adata, qc
+
+
+def run(sample: str, spaceranger_dir: Path | None, h5ad: Path | None, obs: dict, drop_empty_spots: bool,
+        outdir: Path, prefix: str) -> None:
+    """The step: read one section; writes <prefix>.h5ad and <prefix>.qc.csv into `outdir` (both or none)."""
+    from .runtime import staged_outputs, write_h5ad
+
+    adata, qc = load_section(sample, spaceranger_dir, h5ad, obs, drop_empty_spots)
+    with staged_outputs(outdir) as out:
+        write_h5ad(adata, out.path(f"{prefix}.h5ad"))
+        pd.DataFrame([qc]).to_csv(out.path(f"{prefix}.qc.csv"), index=False)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 
-from .training import Plan, Trained, train_and_export
+from .training import Plan, Setup, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.train_reference")
 
@@ -66,3 +67,26 @@ def plot_reference_qc(model, path) -> None:
         plt.close("all")
         LOG.warning("plot_QC on a 1000-cell subsample failed (%s); retrying on all cells", exc)
         plot_qc(model, path, use_n_obs=None)
+
+
+def run(reference: Path, labels_key: str, batch_key: str | None, categorical_covariate_keys: list[str],
+        batch_size: int, setup: Setup, outdir: Path, prefix: str) -> None:
+    """The step: train on a filtered reference and write signatures.csv, <prefix>_model/, <prefix>_history.csv/png,
+    <prefix>_training.json, <prefix>_qc.png and <prefix>_posterior.h5ad into `outdir` (all or none)."""
+    from .filter_reference import load_reference
+    from .runtime import staged_outputs, write_h5ad
+    from .training import history_frame, plot_history, write_summary
+
+    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1)
+    trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, setup.plan, batch_size,
+                                     setup.accelerator, setup.fast, setup.analytic, setup.num_samples, setup.log_every)
+    history = history_frame(trained.model)
+    with staged_outputs(outdir) as out:
+        signatures(adata).to_csv(out.path("signatures.csv"))
+        history.to_csv(out.path(f"{prefix}_history.csv"), index=False)
+        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"))
+        plot_history(trained.model, out.path(f"{prefix}_history.png"), skip=20, title="reference regression model",
+                     monitor=trained.monitor)
+        plot_reference_qc(trained.model, out.path(f"{prefix}_qc.png"))
+        trained.model.save(str(out.path(f"{prefix}_model")), overwrite=True)
+        write_h5ad(adata, out.path(f"{prefix}_posterior.h5ad"))

@@ -518,3 +518,66 @@ def peak_gpu_memory_gb() -> float | None:
     if torch is None or not torch.cuda.is_available():
         return None
     return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+
+
+# ---------------------------------------------------------------- a training step's set-up and summary
+
+TUTORIAL_LR = 0.002
+TUTORIAL_NUM_SAMPLES = 1000
+
+
+@dataclass
+class Setup:
+    """How a training step runs: the plan, the loss/loop (`fast`), the export, and the device."""
+
+    plan: Plan
+    fast: bool
+    analytic: bool
+    num_samples: int
+    accelerator: str = "cpu"
+    device: str = "cpu"
+    log_every: int | None = None
+
+
+def setup_from_options(max_epochs: int, tutorial_settings: bool, lr: float, lr_min: float, stop_tol: float,
+                       stop_window: int, min_epochs: int, early_stop: bool, export_mode: str, num_samples: int,
+                       log_every: int | None = None) -> Setup:
+    """The Setup the CLI's training options describe (no device yet); --tutorial-settings wins."""
+    if tutorial_settings:
+        return Setup(Plan(max_epochs, TUTORIAL_LR, TUTORIAL_LR).fixed(), False, False, TUTORIAL_NUM_SAMPLES,
+                     log_every=log_every)
+    if lr_min > lr:
+        LOG.info("--lr %g is below --lr-min %g: training at one rate, %g", lr, lr_min, lr)
+        lr_min = lr
+    plan = Plan(max_epochs=max_epochs, lr=lr, lr_min=lr_min, tol=stop_tol, window=stop_window,
+                check_every=stop_window, min_epochs=min_epochs)
+    return Setup(plan if early_stop else plan.fixed(), True, export_mode == "analytic", num_samples,
+                 log_every=log_every)
+
+
+def start(setup: Setup, device: str, require_gpu: bool, threads: int | None, seed: int) -> Setup:
+    """Threads, seeds and the device, set for this process; returns the Setup with its device filled in."""
+    from .runtime import resolve_device, seed_everything, set_threads
+
+    set_threads(threads)
+    seed_everything(seed)
+    accelerator, description = resolve_device(device, require_gpu)
+    LOG.info("training device: %s", description)
+    return replace(setup, accelerator=accelerator, device=description)
+
+
+def write_summary(trained: Trained, history: pd.DataFrame, device: str, path: Path) -> None:
+    """<prefix>_training.json: epochs, where and why training stopped, device, times, reconstruction accuracy."""
+    import json
+
+    try:
+        qc = reconstruction_metrics(trained.model)
+    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training (e.g. upstream #74)
+        LOG.warning("reconstruction metrics not computed: %s", exc)
+        qc = None
+    summary = training_summary(trained.model, history, device, trained.train_seconds, qc, trained.monitor,
+                               trained.attempts, trained.export_seconds, trained.export)
+    if qc:
+        LOG.info("reconstruction accuracy: Pearson r %.3f (log1p %.3f) over %d observations",
+                 qc["pearson_r"], qc["pearson_r_log1p"], qc["n_obs_used"])
+    path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -28,18 +28,31 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def versions() -> dict[str, str]:
-    """Versions of the pipeline's Python package and its scientific stack (CUDA runtime if installed)."""
+# What each step runs on (the last part of the Nextflow process name); any other process gets everything.
+TRAINING = ("cell2location", "scvi-tools", "pyro-ppl", "torch", "anndata", "numpy", "pandas", "matplotlib", "click")
+STEP_PACKAGES = {
+    "READ_VISIUM": ("anndata", "numpy", "pandas", "click"),
+    "FILTER_REFERENCE": ("cell2location", "anndata", "numpy", "pandas", "matplotlib", "click"),
+    "TRAIN_REFERENCE": TRAINING,
+    "MAP_CELLS": TRAINING,
+    "PLOT_SPATIAL": ("scanpy", "anndata", "numpy", "pandas", "matplotlib", "click"),
+}
+
+
+def versions(step: str | None = None) -> dict[str, str]:
+    """Versions of the pipeline's Python package and the packages `step` uses (all without a step; the CUDA
+    runtime, if installed, for the training steps)."""
+    names = STEP_PACKAGES.get(step or "", tuple(PACKAGES))
     out = {"c2lnf": __version__}
-    for name, dist in PACKAGES.items():
-        out[name] = _version(dist) or "not installed"
-    cuda = next((v for v in map(_version, CUDA_PACKAGES) if v), None)
-    out["cuda-runtime"] = cuda or "none"
+    for name in names:
+        out[name] = _version(PACKAGES[name]) or "not installed"
+    if "torch" in names:
+        out["cuda-runtime"] = next((v for v in map(_version, CUDA_PACKAGES) if v), None) or "none"
     return out
 
 
 def versions_yaml(process: str) -> str:
-    """nf-core style versions.yml text for one process."""
+    """nf-core style versions.yml text for one process (its packages picked by the process's own name)."""
     lines = [f'"{process}":']
-    lines += [f'    {k}: "{v}"' for k, v in versions().items()]
+    lines += [f'    {k}: "{v}"' for k, v in versions(process.split(":")[-1]).items()]
     return "\n".join(lines) + "\n"

@@ -1,41 +1,37 @@
 process FILTER_REFERENCE {
-    tag "${reference.baseName}"
+    tag "${meta.id}"
     label 'process_medium'
 
-    conda "${moduleDir}/../../../containers/environment.yml"
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] ?
-        'docker://ghcr.io/cell2location-nf/cell2location-nf:0.1.0' :
-        'ghcr.io/cell2location-nf/cell2location-nf:0.1.0' }"
-
     input:
-    path reference, stageAs: 'input/*'
-    val labels_key
+    tuple val(meta), path(reference, stageAs: 'input/*')
 
     output:
-    path "reference_filtered.h5ad", emit: h5ad
-    path "reference_filter.png"   , emit: plot
-    path "reference_genes.csv"    , emit: genes
-    path "versions.yml"           , emit: versions
+    tuple val(meta), path("${prefix}_filtered.h5ad"), emit: h5ad
+    tuple val(meta), path("${prefix}_filter.png")   , emit: plot
+    tuple val(meta), path("${prefix}_genes.csv")    , emit: genes
+    path "versions.yml"                             , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
     def args = task.ext.args ?: ''
+    prefix   = task.ext.prefix ?: "${meta.id}"
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} filter-reference \\
         --reference ${reference} \\
-        --labels-key '${labels_key}' \\
         ${args} \\
+        --prefix '${prefix}' \\
         --outdir .
 
     c2l versions --process '${task.process}' > versions.yml
     """
 
     stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch reference_filtered.h5ad reference_filter.png
-    echo 'gene,kept' > reference_genes.csv
+    touch ${prefix}_filtered.h5ad ${prefix}_filter.png
+    echo 'gene,kept' > ${prefix}_genes.csv
     c2l versions --process '${task.process}' > versions.yml
     """
 }

@@ -2,37 +2,36 @@ process PLOT_SPATIAL {
     tag "${meta.id}"
     label 'process_low'
 
-    conda "${moduleDir}/../../../containers/environment.yml"
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] ?
-        'docker://ghcr.io/cell2location-nf/cell2location-nf:0.1.0' :
-        'ghcr.io/cell2location-nf/cell2location-nf:0.1.0' }"
-
     input:
     tuple val(meta), path(section)
 
     output:
-    tuple val(meta), path("${meta.id}.q05_abundance.png"), emit: abundance
-    tuple val(meta), path("${meta.id}.overlay.png")      , emit: overlay
-    tuple val(meta), path("${meta.id}.proportions.png")  , emit: proportions
-    path "versions.yml"                                  , emit: versions
+    tuple val(meta), path("${prefix}.q05_abundance.png"), emit: abundance
+    tuple val(meta), path("${prefix}.overlay.png")      , emit: overlay
+    tuple val(meta), path("${prefix}.proportions.png")  , emit: proportions
+    path "versions.yml"                                 , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
     def args = task.ext.args ?: ''
+    prefix   = task.ext.prefix ?: "${meta.id}"
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} plot-spatial \\
         ${section} \\
+        --sample '${meta.id}' \\
         ${args} \\
+        --prefix '${prefix}' \\
         --outdir .
 
     c2l versions --process '${task.process}' > versions.yml
     """
 
     stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${meta.id}.q05_abundance.png ${meta.id}.overlay.png ${meta.id}.proportions.png
+    touch ${prefix}.q05_abundance.png ${prefix}.overlay.png ${prefix}.proportions.png
     c2l versions --process '${task.process}' > versions.yml
     """
 }

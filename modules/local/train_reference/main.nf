@@ -1,51 +1,47 @@
 process TRAIN_REFERENCE {
-    tag "${reference.baseName}"
+    tag "${meta.id}"
     label 'process_medium'
     label 'process_gpu'
 
-    conda "${moduleDir}/../../../containers/environment.yml"
-    container "${ workflow.containerEngine in ['singularity', 'apptainer'] ?
-        'docker://ghcr.io/cell2location-nf/cell2location-nf:0.1.0' :
-        'ghcr.io/cell2location-nf/cell2location-nf:0.1.0' }"
-
     input:
-    path reference
-    val labels_key
+    tuple val(meta), path(reference)
 
     output:
-    path "signatures.csv"          , emit: signatures
-    path "reference_model"         , emit: model
-    path "reference_posterior.h5ad", emit: h5ad
-    path "reference_history.png"   , emit: history_plot
-    path "reference_history.csv"   , emit: history
-    path "reference_qc.png"        , emit: qc_plot
-    path "reference_training.json" , emit: summary
-    path "versions.yml"            , emit: versions
+    tuple val(meta), path("signatures.csv")           , emit: signatures
+    tuple val(meta), path("${prefix}_model")          , emit: model
+    tuple val(meta), path("${prefix}_posterior.h5ad") , emit: h5ad
+    tuple val(meta), path("${prefix}_history.png")    , emit: history_plot
+    tuple val(meta), path("${prefix}_history.csv")    , emit: history
+    tuple val(meta), path("${prefix}_qc.png")         , emit: qc_plot
+    tuple val(meta), path("${prefix}_training.json")  , emit: summary
+    path "versions.yml"                               , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
     def args = task.ext.args ?: ''
+    prefix   = task.ext.prefix ?: "${meta.id}"
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} train-reference \\
         --reference ${reference} \\
-        --labels-key '${labels_key}' \\
         --device ${task.accelerator ? 'cuda' : 'cpu'} \\
         --threads ${task.cpus} \\
         ${args} \\
+        --prefix '${prefix}' \\
         --outdir .
 
     c2l versions --process '${task.process}' > versions.yml
     """
 
     stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
-    mkdir -p reference_model && touch reference_model/model.pt
+    mkdir -p ${prefix}_model && touch ${prefix}_model/model.pt
     echo 'gene,stub_type_a,stub_type_b' > signatures.csv
-    touch reference_posterior.h5ad reference_history.png reference_qc.png
-    echo 'epoch,elbo_train' > reference_history.csv
-    echo '{}' > reference_training.json
+    touch ${prefix}_posterior.h5ad ${prefix}_history.png ${prefix}_qc.png
+    echo 'epoch,elbo_train' > ${prefix}_history.csv
+    echo '{}' > ${prefix}_training.json
     c2l versions --process '${task.process}' > versions.yml
     """
 }

@@ -12,6 +12,9 @@ them out into a Space Ranger-style ``visium/`` folder and a ``reference.h5ad``:
 - ``tissue_positions_list.csv``: the V1 layout (4992 barcodes, array row/col).
 
 Pixel orientation and scale factors are re-derived here by fitting the spot lattice, not copied.
+
+Not part of the pipeline's package (bin/c2lnf): run it as `python tests/build_testdata.py --out DIR` (make demo
+does when ../shared/testdata is absent).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -30,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import C2LError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bin"))
+from c2lnf.errors import C2LError  # noqa: E402
 
 if TYPE_CHECKING:  # numpy/pandas/scipy are imported where used, so that `c2l --help` stays fast
     import numpy as np
@@ -505,4 +510,5 @@ def build_testdata(out: Path, upstream_dirs: tuple[Path, ...], download: bool) -
     click.echo(f"{result} ({time.perf_counter() - t0:.1f}s)")
 
 
-command = build_testdata
+if __name__ == "__main__":
+    build_testdata()

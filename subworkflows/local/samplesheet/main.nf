@@ -1,0 +1,127 @@
+/*
+ * The samplesheet, read against assets/schema_input.json without plugins.
+ *
+ * Every column's type, pattern and rule lives in the schema; this file only interprets it: the nf-schema
+ * keywords the schema uses (type, pattern, format + exists, exclusiveMinimum/minimum/maximum, enum, required,
+ * meta, errorMessage, uniqueEntries) and the pipeline's own x- keywords (x-default-param, x-exactly-one-of,
+ * x-same-in-joint-model). Rules across rows are checked here, before any task starts. Errors name the row,
+ * the sample and the field:
+ *     Samplesheet <path>, row <n>, sample '<id>': field '<column>' <what is wrong>
+ */
+
+/*
+ * Returns [ [meta, path], ... ], one per row, in the samplesheet's order. meta holds the columns that the
+ * schema maps to meta (id, n_cells_per_location, detection_alpha: empty cells take the value of the param
+ * the schema names), input_type ('spaceranger_dir' or 'h5ad') and metadata (the other non-empty columns).
+ */
+def readSamplesheet(Map opts) {
+    // opts: path, schema, base_dir (null: the samplesheet's folder), defaults (param name -> value), mapping_mode
+    def path   = opts.path
+    def schema = new groovy.json.JsonSlurper().parse(file(opts.schema).toFile())
+    def items  = schema.items
+    def props  = items.properties
+    def sheet  = file(path)
+    def lines  = sheet.readLines().findAll { it.trim() }
+    if (!lines) { error("Samplesheet ${path}: the file is empty") }
+    def header = lines[0].split(',', -1).collect { it.trim() }
+    def dup = header.findAll { h -> header.count(h) > 1 }.unique()
+    if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
+    items.required.each { col ->
+        if (!(col in header)) { error("Samplesheet ${path}: missing column '${col}' (columns: ${header.join(', ')})") }
+    }
+    def oneOf = items.'x-exactly-one-of' ?: []
+    if (oneOf && !oneOf.any { it in header }) {
+        error("Samplesheet ${path}: missing column ${oneOf.collect { "'${it}'" }.join(' or ')} (columns: ${header.join(', ')})")
+    }
+    def base = opts.base_dir ? file(opts.base_dir) : sheet.parent
+    def rows = []
+    sheet.splitCsv(header: true, strip: true).eachWithIndex { row, i ->
+        def n = i + 2
+        def sample = row.sample ?: ''
+        def where = sample ? "Samplesheet ${path}, row ${n}, sample '${sample}'" : "Samplesheet ${path}, row ${n}"
+        items.required.each { col -> if (!row[col]) { error("${where}: field '${col}' is empty") } }
+        def given = oneOf.findAll { row[it] }
+        if (oneOf && given.size() != 1) {
+            error("${where}: give exactly one of the fields ${oneOf.collect { "'${it}'" }.join(' and ')}")
+        }
+        def meta = [:]
+        def input = null
+        props.each { col, spec ->
+            def raw = row[col] ?: ''
+            if (!raw && spec.'x-default-param') { raw = opts.defaults[spec.'x-default-param']?.toString() ?: '' }
+            if (!raw) { return }
+            def value = checkField(raw, spec, "${where}: field '${col}'", base)
+            if (spec.format in ['file-path', 'directory-path']) { input = value }
+            (spec.meta ?: []).each { key -> meta[key] = value }
+        }
+        meta.input_type = given ? given[0] : null
+        meta.metadata = row.findAll { k, v -> !props.containsKey(k) && v }.collectEntries { k, v -> [k, v] }
+        rows << [meta, input, n]
+    }
+    if (!rows) { error("Samplesheet ${path}: no rows") }
+    checkAcrossRows(path, schema, rows, opts.mapping_mode)
+    return rows.collect { meta, input, n -> [meta, input] }
+}
+
+/*
+ * One field against its schema entry; returns the value in its type (a path for file and folder fields).
+ */
+def checkField(String raw, Map spec, String where, base) {
+    def why = spec.errorMessage
+    def value = raw
+    if (spec.type in ['number', 'integer']) {
+        def num = raw.isNumber() ? raw.toBigDecimal() : null
+        if (num == null || (spec.type == 'integer' && num.scale() > 0 && num != num.setScale(0, java.math.RoundingMode.DOWN))) {
+            error("${where} ${why ?: "must be a ${spec.type}"}, got '${raw}'")
+        }
+        value = spec.type == 'integer' ? num.toBigInteger() : num
+        if ((spec.exclusiveMinimum != null && value <= spec.exclusiveMinimum) ||
+            (spec.minimum != null && value < spec.minimum) ||
+            (spec.maximum != null && value > spec.maximum)) {
+            error("${where} ${why ?: 'is out of range'}, got '${raw}'")
+        }
+    } else if (spec.type == 'boolean') {
+        if (!(raw.toLowerCase() in ['true', 'false'])) { error("${where} ${why ?: 'must be true or false'}, got '${raw}'") }
+        value = raw.toLowerCase() == 'true'
+    }
+    if (spec.pattern && !(raw ==~ spec.pattern)) { error("${where} ${why ?: "must match ${spec.pattern}"}") }
+    if (spec.enum && !(value in spec.enum)) { error("${where} must be one of ${spec.enum.join(', ')}, got '${raw}'") }
+    if (spec.format in ['file-path', 'directory-path']) {
+        def p = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
+        if (spec.exists && !p.exists()) { error("${where}: path does not exist: ${p}") }
+        if (spec.format == 'directory-path' && p.exists() && !p.isDirectory()) { error("${where}: not a folder: ${p}") }
+        if (spec.format == 'file-path' && p.isDirectory()) { error("${where}: is a folder, expected a file: ${p}") }
+        value = p
+    }
+    return value
+}
+
+/*
+ * The schema's rules across rows: uniqueEntries, and x-same-in-joint-model (sections fitted in one joint
+ * model share the value). Reported on the first row that breaks the rule.
+ */
+def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
+    def unique = schema.uniqueEntries ?: []
+    def seen = [:]
+    rows.each { meta, input, n ->
+        def key = unique.collect { col -> meta[schema.items.properties[col].meta?.getAt(0) ?: col] }
+        if (seen.containsKey(key)) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${unique.join("', '")}' is duplicated (also row ${seen[key]})")
+        }
+        seen[key] = n
+    }
+    if (mappingMode != 'joint') { return }
+    schema.items.properties.each { col, spec ->
+        if (!spec.'x-same-in-joint-model') { return }
+        def key = spec.meta?.getAt(0) ?: col
+        def first = rows[0]
+        rows.each { meta, input, n ->
+            if (meta[key] != first[0][key]) {
+                def listing = rows.collect { m, p, r -> "${m.id}=${m[key]}" }.join(', ')
+                error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${col}' must be the same in every row " +
+                      "when the sections are mapped in one joint model (${listing}); use --mapping_mode per_sample " +
+                      "to give each section its own")
+            }
+        }
+    }
+}
