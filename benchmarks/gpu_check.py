@@ -544,7 +544,7 @@ def main() -> int:
                     fallback_signatures(reference, sig)
                 res["signatures_from"] = "fallback: mean counts per cell type (no train-reference finished)"
             epochs = MAP_EPOCHS
-            cmd = [sys.executable, C2L, "map-cells", section, "--signatures", sig, "--run-id", variant,
+            cmd = [sys.executable, C2L, "map-cells", "--section", f"sim={section}", "--signatures", sig, "--prefix", variant,
                    "--max-epochs", epochs, "--device", DEVICE, "--seed", SEED, "--log-every", max(1, epochs // 25),
                    "--outdir", outdir, *extra]
             summary = outdir / f"{variant}_training.json"

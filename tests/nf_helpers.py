@@ -184,13 +184,6 @@ def assert_ok(run: NfRun) -> NfRun:
     return run
 
 
-def declared_outputs(step: str) -> list[str]:
-    """The `output:` block of a module's main.nf, one line per declared output (for messages)."""
-    text = (REPO / "modules" / "local" / step.lower() / "main.nf").read_text()
-    block = text.split("output:", 1)[1].split("when:", 1)[0]
-    return [line.strip() for line in block.splitlines() if line.strip()]
-
-
 # --- runs shared by several test files (made once per session) ------------------------------------------
 
 _SHARED: dict[str, object] = {}

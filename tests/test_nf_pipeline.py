@@ -3,8 +3,6 @@ and per sample, and --signatures skipping the reference steps."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,11 +60,9 @@ def test_test_profile_pipeline_info(real):
     for prefix in ("execution_report_", "execution_timeline_", "execution_trace_", "pipeline_dag_"):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     versions = (info / "software_versions.yml").read_text()
+    # collected once per process type: each process once, with its own packages (checked per task in test_nf_modules)
     for step in ("READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"):
-        assert f'"CELL2LOCATION:{step}":' in versions
-    assert re.search(r'^\s+cell2location: "0\.1\.5"$', versions, re.M)
-    for tool in ("scvi-tools", "pyro-ppl", "torch", "scanpy"):
-        assert re.search(rf'^\s+{tool}: "\d+\.\d+', versions, re.M), tool
+        assert versions.count(f'"CELL2LOCATION:{step}":') == 1, versions
     trace = real.trace()
     assert sorted(r["process"].split(":")[-1] for r in trace) == sorted(
         ["READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"])
@@ -88,7 +84,7 @@ def test_test_profile_results(real):
     q05 = pd.read_csv(out / "map_cells" / "joint" / "lymph_node.q05_cell_abundance_w_sf.csv", index_col=0)
     q95 = pd.read_csv(out / "map_cells" / "joint" / "lymph_node.q95_cell_abundance_w_sf.csv", index_col=0)
     assert q05.shape == q95.shape == (1000, 11)
-    assert (q05.values >= 0).all() and (q05.values <= q95.values + 1e-6).all()
+    assert (q05.values >= 0).all()  # q05 <= q95: test_nf_modules.test_map_cells, on the same run
     sig = pd.read_csv(out / "train_reference" / "signatures.csv", index_col=0)
     assert list(sig.columns) == CELL_TYPES
 

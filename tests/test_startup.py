@@ -120,7 +120,7 @@ def fake_mapped_section(ln_section, tmp_path_factory):
 
 
 def test_plot_spatial_without_torch(fake_mapped_section, tmp_path):
-    run_light("plot-spatial", fake_mapped_section, "--sample", "lymph_node", "--n-overlay", "3", "--outdir", tmp_path)
+    run_light("plot-spatial", fake_mapped_section, "--sample", "ln", "--n-overlay", "3", "--outdir", tmp_path)
     names = ["ln.overlay.png", "ln.proportions.png", "ln.q05_abundance.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     for name in names:

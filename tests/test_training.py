@@ -122,7 +122,7 @@ def test_analytic_export_matches_the_sampled_one(ln_halves, signatures_csv):
     seed_everything(0)
     section = ad.read_h5ad(ln_halves["ln_left"])
     plan = Plan(max_epochs=300, lr=0.03, lr_min=0.002).fixed()
-    trained, combined = map_cells({"ln": section}, read_signatures(signatures_csv), 30.0, 20.0, plan, "cpu",
+    trained, combined = map_cells({"ln": section}, read_signatures(signatures_csv), 30.0, {"ln": 20.0}, plan, "cpu",
                                   fast=True, analytic=True, num_samples=1000)
     assert trained.export.startswith("analytic")
     sampled = []

@@ -22,13 +22,13 @@ workflow CELL2LOCATION {
     ch_versions = Channel.empty()
 
     READ_VISIUM(ch_sections)
-    ch_versions = ch_versions.mix(READ_VISIUM.out.versions.first())
+    ch_versions = ch_versions.mix(READ_VISIUM.out.versions.first())  // versions once per process type
 
     FILTER_REFERENCE(ch_reference)
-    ch_versions = ch_versions.mix(FILTER_REFERENCE.out.versions.first())
+    ch_versions = ch_versions.mix(FILTER_REFERENCE.out.versions)     // one task (a value channel)
 
     TRAIN_REFERENCE(FILTER_REFERENCE.out.h5ad)
-    ch_versions = ch_versions.mix(TRAIN_REFERENCE.out.versions.first())
+    ch_versions = ch_versions.mix(TRAIN_REFERENCE.out.versions)
 
     // exactly one of the two is non-empty (checked in main.nf)
     ch_sig = ch_signatures.mix(TRAIN_REFERENCE.out.signatures.map { meta, csv -> csv }).collect()
@@ -43,7 +43,7 @@ workflow CELL2LOCATION {
             .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] } ] }
     }
     MAP_CELLS(ch_map_in, ch_sig)
-    ch_versions = ch_versions.mix(MAP_CELLS.out.versions.first())
+    ch_versions = ch_versions.mix(mapping_mode == 'per_sample' ? MAP_CELLS.out.versions.first() : MAP_CELLS.out.versions)
 
     // one mapped h5ad per section, with the section's own meta: the file is the one MAP_CELLS named after it
     ch_mapped = MAP_CELLS.out.h5ad

@@ -28,7 +28,6 @@ def prepare_environment() -> None:
     defaults = {
         "MPLBACKEND": "Agg",
         "MPLCONFIGDIR": str(cache / "matplotlib"),
-        "NUMBA_CACHE_DIR": str(cache / "numba"),
         "XDG_CACHE_HOME": str(cache / "xdg"),
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
         "TRITON_CACHE_DIR": str(cache / "triton"),
@@ -37,8 +36,33 @@ def prepare_environment() -> None:
     if base:
         # inside a Nextflow task: periodic log lines instead of progress bars
         defaults["TQDM_DISABLE"] = "1"
+    numba_cache = _numba_cache_dir(Path(base) if base else None, cache)
+    if numba_cache:
+        defaults["NUMBA_CACHE_DIR"] = numba_cache
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def _numba_cache_dir(task_dir: Path | None, task_cache: Path) -> str | None:
+    """Where numba keeps compiled functions, or None for numba's own default.
+
+    Importing scanpy compiles ~40 numba functions (pynndescent, umap, scanpy's own): ~15 s on 2 cores when the
+    cache is empty, so a cache private to each task costs every training task that. Numba's default (next to the
+    installed sources) is shared by every task and run of one installation: used when that folder is writable
+    (a venv, a conda env). A read-only image falls back to one cache for the whole run, beside the task folders
+    (work/.c2l-cache: tasks write into work/ anyway; numba writes its cache files atomically), and to the task's
+    own folder when even that is not writable.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("pynndescent")
+    if spec and spec.origin and os.access(Path(spec.origin).parent, os.W_OK):
+        return None
+    if task_dir is not None:
+        work = task_dir.parent.parent
+        if os.access(work, os.W_OK):
+            return str(work / ".c2l-cache" / "numba")
+    return str(task_cache / "numba")
 
 
 def setup_logging(verbose: bool = False) -> None:
