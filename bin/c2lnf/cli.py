@@ -55,11 +55,17 @@ def _key_values(ctx, param, values):
     return out
 
 
-# Defaults of the pipeline live in nextflow.config and nextflow_schema.json, which pass every value; these are
-# for running a step by hand, and tests/test_cli.py checks that they equal nextflow.config's.
-PLAN_DEFAULTS = {
-    "reference": {"max_epochs": 250, "lr": 0.002, "lr_min": 0.002, "stop_tol": 1e-3, "stop_window": 10, "min_epochs": 50},
-    "mapping": {"max_epochs": 30000, "lr": 0.03, "lr_min": 0.002, "stop_tol": 1e-4, "stop_window": 100, "min_epochs": 500},
+# The pipeline's defaults live in nextflow.config (and nextflow_schema.json), and the pipeline passes every value.
+# For running a step by hand the CLI shares this one constant, keyed by the params' names; tests/test_cli.py
+# checks that it equals nextflow.config.
+DEFAULTS = {
+    "cell_count_cutoff": 5, "cell_percentage_cutoff2": 0.03, "nonz_mean_cutoff": 1.12, "min_cells_per_type": 5,
+    "ref_max_epochs": 250, "ref_batch_size": 2500, "ref_lr": 0.002, "ref_lr_min": 0.002, "ref_stop_tol": 1e-3,
+    "ref_stop_window": 10, "ref_min_epochs": 50, "ref_num_samples": 1000,
+    "n_cells_per_location": 30, "detection_alpha": 20,
+    "map_max_epochs": 30000, "map_lr": 0.03, "map_lr_min": 0.002, "map_stop_tol": 1e-4, "map_stop_window": 100,
+    "map_min_epochs": 500, "map_num_samples": 1000,
+    "n_overlay": 6, "seed": 0,
 }
 
 
@@ -67,7 +73,9 @@ def training_options(model: str):
     """Options shared by the two training steps; `model` ('reference' or 'mapping') picks the defaults."""
     from .training import TUTORIAL_LR, TUTORIAL_NUM_SAMPLES
 
-    d = PLAN_DEFAULTS[model]
+    prefix = {"reference": "ref", "mapping": "map"}[model]
+    d = {key: DEFAULTS[f"{prefix}_{key}"] for key in
+         ("max_epochs", "lr", "lr_min", "stop_tol", "stop_window", "min_epochs", "num_samples")}
 
     def decorate(func):
         options = [
@@ -77,7 +85,8 @@ def training_options(model: str):
                          help="Where to train: a CUDA GPU if torch sees one (auto), or force cpu/cuda."),
             click.option("--require-gpu", is_flag=True, help="Fail instead of falling back to the CPU when no GPU is visible."),
             click.option("--threads", type=int, default=None, callback=_positive, help="CPU threads for torch (default: torch's choice)."),
-            click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random number generator."),
+            click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
+                         help="Seed for every random number generator."),
             click.option("--tutorial-settings", is_flag=True,
                          help=f"Exactly the tutorial: all --max-epochs at lr {TUTORIAL_LR}, the model's own train(), "
                               f"{TUTORIAL_NUM_SAMPLES}-sample export (overrides the options below)."),
@@ -96,7 +105,7 @@ def training_options(model: str):
             click.option("--export", "export_mode", type=click.Choice(["analytic", "sampled"]), default="analytic",
                          show_default=True,
                          help="Posterior summaries from the variational distribution directly, or from --num-samples draws."),
-            click.option("--num-samples", type=int, default=TUTORIAL_NUM_SAMPLES, show_default=True, callback=_positive,
+            click.option("--num-samples", type=int, default=d["num_samples"], show_default=True, callback=_positive,
                          help="Posterior samples drawn by --export sampled."),
             click.option("--log-every", type=int, default=None, callback=_positive,
                          help="Log a progress line every N epochs (default: 20 lines per run)."),
@@ -177,10 +186,13 @@ def reference_options(func):
 @cli.command("filter-reference")
 @reference_options
 @click.option("--gene-id-column", default=None, help="var column to use as gene ids (the tutorial's GeneID-2); default var_names.")
-@click.option("--cell-count-cutoff", type=int, default=5, show_default=True, help="filter_genes: cell_count_cutoff.")
-@click.option("--cell-percentage-cutoff2", type=float, default=0.03, show_default=True, help="filter_genes: cell_percentage_cutoff2.")
-@click.option("--nonz-mean-cutoff", type=float, default=1.12, show_default=True, help="filter_genes: nonz_mean_cutoff.")
-@click.option("--min-cells-per-type", type=int, default=5, show_default=True, callback=_positive,
+@click.option("--cell-count-cutoff", type=int, default=DEFAULTS["cell_count_cutoff"], show_default=True,
+              help="filter_genes: cell_count_cutoff.")
+@click.option("--cell-percentage-cutoff2", type=float, default=DEFAULTS["cell_percentage_cutoff2"], show_default=True,
+              help="filter_genes: cell_percentage_cutoff2.")
+@click.option("--nonz-mean-cutoff", type=float, default=DEFAULTS["nonz_mean_cutoff"], show_default=True,
+              help="filter_genes: nonz_mean_cutoff.")
+@click.option("--min-cells-per-type", type=int, default=DEFAULTS["min_cells_per_type"], show_default=True, callback=_positive,
               help="Fail when a cell type has fewer cells than this.")
 @_prefix_option("reference", "<prefix>_filtered.h5ad, <prefix>_filter.png, <prefix>_genes.csv")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
@@ -197,7 +209,8 @@ def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate
 
 @cli.command("train-reference")
 @reference_options
-@click.option("--batch-size", type=int, default=2500, show_default=True, callback=_positive, help="Cells per minibatch.")
+@click.option("--batch-size", type=int, default=DEFAULTS["ref_batch_size"], show_default=True, callback=_positive,
+              help="Cells per minibatch.")
 @training_options("reference")
 @_prefix_option("reference", "<prefix>_model/, <prefix>_training.json, ...; signatures.csv keeps its name")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
@@ -217,9 +230,11 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
               help="SAMPLE=PATH of a read-visium h5ad (repeatable: all sections are fitted in one model).")
 @click.option("--signatures", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Signatures CSV (genes x cell types) from train-reference or a previous run.")
-@click.option("--n-cells-per-location", type=float, default=30.0, show_default=True, callback=_positive,
+@click.option("--n-cells-per-location", type=float, default=DEFAULTS["n_cells_per_location"], show_default=True,
+              callback=_positive,
               help="Expected cells per spot (one value for the model).")
-@click.option("--detection-alpha", "detection_alpha", multiple=True, default=("20",), show_default=True,
+@click.option("--detection-alpha", "detection_alpha", multiple=True, default=(str(DEFAULTS["detection_alpha"]),),
+              show_default=True,
               help="Regularisation of within-slide detection sensitivity (20 high, 200 low technical variability): "
                    "VALUE for every section, or SAMPLE=VALUE per section (repeatable).")
 @training_options("mapping")
@@ -269,7 +284,7 @@ def _per_section(name: str, values: tuple[str, ...], samples: list[str]) -> dict
 @click.option("--sample", required=True, help="Sample id of the section (named in errors).")
 @click.option("--overlay-cell-types", default=None, callback=_csv_list,
               help="Comma-separated cell types for the overlay map (default: the most abundant --n-overlay).")
-@click.option("--n-overlay", type=click.IntRange(1, 7), default=6, show_default=True,
+@click.option("--n-overlay", type=click.IntRange(1, 7), default=DEFAULTS["n_overlay"], show_default=True,
               help="How many of the most abundant cell types the overlay shows when none are named.")
 @_prefix_option(None, "default: the sample id")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
