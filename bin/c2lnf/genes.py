@@ -10,7 +10,7 @@ import numpy as np
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 
 
-def looks_ensembl(names) -> bool:
-    """True when most of the first 500 names are Ensembl gene ids."""
-    names = [str(n) for n in list(names)[:500]]
+def looks_ensembl(names, limit: int | None = 500) -> bool:
+    """True when most of the first `limit` names (all with None) are Ensembl gene ids."""
+    names = [str(n) for n in list(names)[:limit]]
     return bool(names) and float(np.mean([bool(ENSEMBL_RE.match(n)) for n in names])) > 0.5

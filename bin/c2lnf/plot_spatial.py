@@ -83,13 +83,12 @@ def top_cell_types(adata: ad.AnnData, n: int = 6, stat: str = "q05") -> list[str
     return list(abundance(adata, stat).sum(axis=0).sort_values(ascending=False).index[:n])
 
 
-def check_section(adata: ad.AnnData, sample: str, cell_types: list[str], stats=("q05", "means")) -> None:
-    """Fail early, naming the sample, when the section was not mapped or the overlay names an unknown type."""
+def check_mapped(adata: ad.AnnData, sample: str, stats=("q05", "means")) -> None:
+    """Fail early, naming the sample, when the section has not been through map_cells."""
     for stat in stats:
         key = f"{stat}_cell_abundance_w_sf"
         if key not in adata.obsm:
             raise C2LError(f"obsm['{key}'] is missing: run map_cells on this section first", sample, key)
-    check_cell_types(adata, cell_types, sample)
 
 
 def check_cell_types(adata: ad.AnnData, cell_types: list[str], sample: str, stat: str = "q05") -> None:
@@ -186,8 +185,9 @@ def run(section: Path, sample: str, overlay_cell_types: list[str], n_overlay: in
     from .runtime import save_figures, staged_outputs
 
     adata = ad.read_h5ad(section)
-    overlay = overlay_cell_types or (top_cell_types(adata, n_overlay) if "q05_cell_abundance_w_sf" in adata.obsm else [])
-    check_section(adata, sample, overlay)
+    check_mapped(adata, sample)
+    overlay = overlay_cell_types or top_cell_types(adata, n_overlay)
+    check_cell_types(adata, overlay, sample)
     with staged_outputs(outdir) as out:
         save_figures([plot_abundance_maps(adata)], out.path(f"{prefix}.q05_abundance.png"))
         save_figures([plot_overlay(adata, overlay)], out.path(f"{prefix}.overlay.png"))

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from .counts import check_raw_counts, row_totals
 from .errors import C2LError
-from .genes import ENSEMBL_RE
+from .genes import looks_ensembl
 
 LOG = logging.getLogger("c2l.read_visium")
 
@@ -196,7 +196,7 @@ def key_genes(adata: ad.AnnData) -> ad.AnnData:
         ids = adata.var["gene_ids"].astype(str)
         if "SYMBOL" not in adata.var:
             adata.var["SYMBOL"] = adata.var_names.astype(str)
-        if ids.map(lambda s: bool(ENSEMBL_RE.match(s))).mean() > 0.5:
+        if looks_ensembl(ids, limit=None):
             adata.var_names = pd.Index(ids.to_numpy())
         else:
             adata.var_names = pd.Index(adata.var["SYMBOL"].astype(str).to_numpy())
