@@ -34,6 +34,8 @@ def helpMessage() {
       --detection_alpha                 [${params.detection_alpha}]
       --ref_max_epochs                  [${params.ref_max_epochs}]   (ceiling: training stops at convergence)
       --map_max_epochs                  [${params.map_max_epochs}] (ceiling: training stops at convergence)
+      --max_locations_per_model         [${params.max_locations_per_model ?: 'from the memory model'}] (larger models are split into shards)
+      --gpu_memory_gb                   [${params.gpu_memory_gb}]   (memory budget of one mapping model)
       --tutorial_settings               [${params.tutorial_settings}] (exactly the tutorial: fixed epochs, lr 0.002,
                                                 1000-sample export)
 
@@ -114,11 +116,19 @@ workflow {
         categorical_covariate_keys: params.categorical_covariate_keys,
         gene_id_column:             params.reference_gene_id_column,
     ]
+    // how large one mapping model may be before it is split into shards (docs/usage.md, "Large data")
+    def memoryModel = file("${projectDir}/assets/memory_model.json")
+    def shardBudget = [
+        max_locations: params.max_locations_per_model,
+        memory_gb:     params.gpu_memory_gb,
+        coefficients:  memoryModel.exists() ? new groovy.json.JsonSlurper().parse(memoryModel.toFile()) : null,
+    ]
     CELL2LOCATION(
         Channel.fromList(rows),
         params.reference  ? Channel.value([refMeta, file(params.reference)]) : Channel.empty(),
         params.signatures ? Channel.value(file(params.signatures))           : Channel.empty(),
         params.mapping_mode,
+        shardBudget,
     )
 
     // copied (not storeDir) so that a run whose sections all fail leaves no empty read_visium/ behind

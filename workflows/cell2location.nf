@@ -7,6 +7,7 @@ include { READ_VISIUM      } from '../modules/local/read_visium/main'
 include { FILTER_REFERENCE } from '../modules/local/filter_reference/main'
 include { TRAIN_REFERENCE  } from '../modules/local/train_reference/main'
 include { MAP_CELLS        } from '../modules/local/map_cells/main'
+include { MERGE_SHARDS     } from '../modules/local/merge_shards/main'
 include { PLOT_SPATIAL     } from '../modules/local/plot_spatial/main'
 
 workflow CELL2LOCATION {
@@ -17,6 +18,9 @@ workflow CELL2LOCATION {
                     //          meta: id, labels_key, batch_key, categorical_covariate_keys, gene_id_column
     ch_signatures   // channel: path(signatures.csv), or empty when the reference is trained here
     mapping_mode    // value:   'joint' (one model for all sections) or 'per_sample'
+    shard_budget    // value:   [max_locations: Integer or null, memory_gb: Number, coefficients: Map or null]:
+                    //          a model of more locations than max_locations (or, when null, than the memory
+                    //          model allows within memory_gb) is fitted as shards (MAP_CELLS per shard, MERGE_SHARDS)
 
     main:
     ch_versions = Channel.empty()
@@ -33,25 +37,51 @@ workflow CELL2LOCATION {
     // exactly one of the two is non-empty (checked in main.nf)
     ch_sig = ch_signatures.mix(TRAIN_REFERENCE.out.signatures.map { meta, csv -> csv }).collect()
 
-    // one model per group of sections; its meta lists the sections' own metas, in the order of the files
+    // one model per group of sections; its meta lists the sections' own metas, in the order of the files.
+    // Each section's number of spots comes from its QC table, to size the models.
+    ch_counted = READ_VISIUM.out.h5ad
+        .join(READ_VISIUM.out.qc)
+        .map { meta, h5ad, qc -> [meta, h5ad, qcSpots(qc, meta.id)] }
     if (mapping_mode == 'per_sample') {
-        ch_map_in = READ_VISIUM.out.h5ad
-            .map { meta, h5ad -> [ modelMeta(meta.id, [meta]), [h5ad] ] }
+        ch_models = ch_counted
+            .map { meta, h5ad, n -> [ modelMeta(meta.id, [meta]), [h5ad], n ] }
     } else {
-        ch_map_in = READ_VISIUM.out.h5ad
+        ch_models = ch_counted
             .toSortedList { a, b -> a[0].id <=> b[0].id }
-            .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] } ] }
+            .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] }, items.sum { it[2] } ] }
     }
+    // a model larger than the budget becomes `count` shards (one task each), stratified by section in map-cells
+    ch_map_in = ch_models
+        .combine(ch_sig.map { csvs -> signatureShape(csvs[0]) })
+        .flatMap { meta, files, n, shape -> shardModel(meta, files, n, shape, shard_budget) }
     MAP_CELLS(ch_map_in, ch_sig)
-    ch_versions = ch_versions.mix(mapping_mode == 'per_sample' ? MAP_CELLS.out.versions.first() : MAP_CELLS.out.versions)
+    ch_versions = ch_versions.mix(MAP_CELLS.out.versions.first())
 
-    // one mapped h5ad per section, with the section's own meta: the file is the one MAP_CELLS named after it
+    // the shards of each model, once all are done, with the model's sections -> per-section outputs
+    ch_shard_files = MAP_CELLS.out.csv
+        .join(MAP_CELLS.out.summary)
+        .join(MAP_CELLS.out.history)
+        .filter { meta, csvs, json, history -> meta.shard }
+        .map { meta, csvs, json, history -> [ groupKey(meta.id, meta.shard.count), [csvs, json, history].flatten() ] }
+        .groupTuple()
+        .map { key, files -> [ key.getGroupTarget(), files.flatten() ] }
+    ch_merge_in = ch_map_in
+        .filter { meta, files -> meta.shard?.index == 1 }
+        .map { meta, files -> [ meta.id, meta.findAll { k, v -> k != 'shard' } + [n_shards: meta.shard.count], files ] }
+        .join(ch_shard_files)
+        .map { id, meta, sections, shardFiles -> [ meta, sections, shardFiles ] }
+    MERGE_SHARDS(ch_merge_in)
+    ch_versions = ch_versions.mix(MERGE_SHARDS.out.versions.first())
+
+    // one mapped h5ad per section, with the section's own meta: the file is the one MAP_CELLS (or MERGE_SHARDS)
+    // named after it
     ch_mapped = MAP_CELLS.out.h5ad
+        .mix(MERGE_SHARDS.out.h5ad)
         .flatMap { meta, files ->
             def byName = (files instanceof List ? files : [files]).collectEntries { f -> [f.name, f] }
             meta.sections.collect { section ->
                 def h5ad = byName["${section.id}.cell2location.h5ad"]
-                if (h5ad == null) { error("MAP_CELLS '${meta.id}' wrote no ${section.id}.cell2location.h5ad (a pipeline bug)") }
+                if (h5ad == null) { error("mapping model '${meta.id}' wrote no ${section.id}.cell2location.h5ad (a pipeline bug)") }
                 [section, h5ad]
             }
         }
@@ -63,7 +93,7 @@ workflow CELL2LOCATION {
     qc           = READ_VISIUM.out.qc
     signatures   = ch_sig
     mapped       = ch_mapped
-    abundance    = MAP_CELLS.out.csv
+    abundance    = MAP_CELLS.out.csv.filter { meta, csvs -> !meta.shard }.mix(MERGE_SHARDS.out.csv)
     models       = MAP_CELLS.out.model
     figures      = PLOT_SPATIAL.out.abundance.mix(PLOT_SPATIAL.out.overlay, PLOT_SPATIAL.out.proportions)
     versions     = ch_versions
@@ -75,4 +105,62 @@ workflow CELL2LOCATION {
  */
 def modelMeta(String id, List sections) {
     return [id: id, sections: sections, n_cells_per_location: sections[0].n_cells_per_location]
+}
+
+/*
+ * The number of spots of a section: the n_spots column of its READ_VISIUM QC table.
+ */
+def qcSpots(qc, String sample) {
+    def lines = qc.readLines()
+    def header = lines[0].split(',') as List
+    def col = header.indexOf('n_spots')
+    if (col < 0 || lines.size() < 2) { error("READ_VISIUM '${sample}' wrote a QC table without n_spots (a pipeline bug)") }
+    return lines[1].split(',')[col] as long
+}
+
+/*
+ * [genes, types] of a signatures CSV (genes x cell types, header row): an upper bound of a model's shared genes,
+ * and its cell types, for the memory estimate.
+ */
+def signatureShape(csv) {
+    def genes = 0L
+    def header = null
+    csv.eachLine { line -> if (header == null) { header = line } else if (line.trim()) { genes++ } }
+    def types = header ? header.split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/).size() - 1 : 0   // (an empty -stub file)
+    return [genes: genes, types: types]
+}
+
+/*
+ * The most locations one model may hold: --max_locations_per_model, else the largest model whose estimated peak
+ * memory (assets/memory_model.json; the same rule as bin/c2lnf/memory.py: max_locations) fits memory_gb;
+ * null (never shard) when neither is known.
+ */
+def maxLocations(Map shape, Map budget) {
+    if (budget.max_locations) { return budget.max_locations as long }
+    def coef = budget.coefficients
+    if (!coef) { return null }
+    def solve = { Map c ->
+        def perLocation = c.gb_per_location_gene * shape.genes + c.gb_per_location_type * shape.types
+        perLocation > 0 ? Math.max(0L, ((budget.memory_gb - c.base_gb) / perLocation) as long) : Long.MAX_VALUE
+    }
+    def jitLimit = (coef.jit_max_elements as long).intdiv(Math.max(1L, shape.genes as long))
+    def nTrace = solve(coef.trace)
+    return nTrace > jitLimit ? nTrace : Math.max(1L, Math.min(jitLimit, solve(coef.jit)))
+}
+
+/*
+ * [meta, files] of one model, or of each of its shards: meta.shard = [index, count, tag] (tag as
+ * bin/c2lnf/map_cells.py: shard_tag); meta.n_locations and meta.max_locations record the decision.
+ */
+def shardModel(Map meta, List files, long n, Map shape, Map budget) {
+    def most = maxLocations(shape, budget)
+    def m = meta + [n_locations: n, max_locations: most]
+    def count = most ? Math.ceil(n / (double) most) as int : 1
+    if (count <= 1) { return [[m, files]] }
+    def why = budget.max_locations ? '--max_locations_per_model' : "memory model within --gpu_memory_gb ${budget.memory_gb}"
+    log.info "model '${meta.id}': ${n} locations, at most ${most} per model (${why}): ${count} shards stratified by section"
+    def width = "${count}".size()
+    return (1..count).collect { i ->
+        [m + [shard: [index: i, count: count, tag: "shard-${"${i}".padLeft(width, '0')}-of-${count}"]], files]
+    }
 }

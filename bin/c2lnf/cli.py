@@ -31,6 +31,29 @@ def domain_errors(func):
     return wrapper
 
 
+def _sections(sections: dict[str, str]) -> dict[str, Path]:
+    paths = {}
+    for sample, path in sections.items():
+        path = Path(path)
+        if not path.is_file():
+            raise click.BadParameter(f"{sample}: no such file: {path}", param_hint="--section")
+        paths[sample] = path
+    return paths
+
+
+def _shard(ctx, param, value):
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    try:
+        i, k = int(index), int(count)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected I/K, e.g. 2/8") from None
+    if not sep or k < 2 or not 1 <= i <= k:
+        raise click.BadParameter(f"'{value}': expected I/K with K >= 2 and 1 <= I <= K")
+    return i, k
+
+
 def _positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be > 0, got {value}")
@@ -237,25 +260,43 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
               show_default=True,
               help="Regularisation of within-slide detection sensitivity (20 high, 200 low technical variability): "
                    "VALUE for every section, or SAMPLE=VALUE per section (repeatable).")
+@click.option("--batch-size", type=int, default=None, callback=_positive,
+              help="Locations per minibatch (default: all, the tutorial's full batch); for models that cannot fit.")
+@click.option("--shard", default=None, callback=_shard,
+              help="I/K: fit only shard I of K of every section's spots (a random split stratified by section, "
+                   "seeded by --seed); merge the K shards with merge-shards.")
 @training_options("mapping")
 @_prefix_option("joint", "the model's name: <prefix>_model/, <prefix>_training.json, ...")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the per-section h5ad/CSVs and the model's outputs.")
 @domain_errors
-def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, device, require_gpu, threads, seed,
-                  prefix, outdir, **options):
+def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, batch_size, shard, device, require_gpu,
+                  threads, seed, prefix, outdir, **options):
     """Map cell types onto the sections with one Cell2location model (all --section's jointly)."""
     from .map_cells import run
 
-    paths = {}
-    for sample, path in sections.items():
-        path = Path(path)
-        if not path.is_file():
-            raise click.BadParameter(f"{sample}: no such file: {path}", param_hint="--section")
-        paths[sample] = path
+    paths = _sections(sections)
     alpha = _per_section("--detection-alpha", detection_alpha, list(paths))
     setup = _training(device, require_gpu, threads, seed, **options)
-    run(paths, signatures, n_cells_per_location, alpha, setup, outdir, prefix)
+    run(paths, signatures, n_cells_per_location, alpha, setup, outdir, prefix, shard=shard, shard_seed=seed,
+        batch_size=batch_size)
+
+
+@cli.command("merge-shards")
+@click.option("--section", "sections", multiple=True, required=True, callback=_key_values,
+              help="SAMPLE=PATH of a read-visium h5ad of the model (repeatable).")
+@click.option("--shards", "count", type=int, required=True, help="K: the number of shards the model was split into.")
+@click.option("--shard-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder holding the K shards' tables, _training.json and _history.csv.")
+@_prefix_option("joint", "the model's name, as given to map-cells without the shard tag")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the per-section h5ad/CSVs and the model's summary.")
+@domain_errors
+def merge_shards_cmd(sections, count, shard_dir, prefix, outdir):
+    """Merge the K shards of one sharded map-cells model into per-section outputs (as if unsharded)."""
+    from .merge_shards import run
+
+    run(_sections(sections), shard_dir, count, outdir, prefix)
 
 
 def _per_section(name: str, values: tuple[str, ...], samples: list[str]) -> dict[str, float]:

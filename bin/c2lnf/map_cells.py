@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .genes import looks_ensembl
+from . import memory
 from .training import Plan, Setup, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.map_cells")
@@ -96,11 +97,13 @@ def map_cells(
     analytic: bool,
     num_samples: int,
     log_every: int | None = None,
+    batch_size: int | None = None,
 ) -> tuple[Trained, ad.AnnData]:
     """Fit Cell2location to all sections jointly; returns (Trained, combined AnnData with the posterior).
 
     `n_cells_per_location` is the model's (one value for all sections), `detection_alpha` one value per section
     (sample -> value). With `plan.fixed()`, `fast=False`, `analytic=False` this is exactly the tutorial's calls.
+    `batch_size`: locations per minibatch (None: the tutorial's full batch).
     """
     from cell2location.models import Cell2location
 
@@ -131,16 +134,23 @@ def map_cells(
             detection_alpha=alpha_arg,
         )
 
-    LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, at most %d epochs full batch, %s",
-             len(sections), combined.n_obs, len(genes), signatures.shape[1], plan.max_epochs, accelerator)
-    trained, combined = train_and_export(make_model, combined, plan, accelerator, None, fast, analytic, num_samples,
-                                         combined.n_obs, log_every)
+    estimate = memory.estimate_gb(combined.n_obs, len(genes), signatures.shape[1])
+    LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, at most %d epochs %s, %s; "
+             "estimated peak memory %s", len(sections), combined.n_obs, len(genes), signatures.shape[1],
+             plan.max_epochs, "full batch" if batch_size is None else f"in minibatches of {batch_size}", accelerator,
+             "n/a (no assets/memory_model.json)" if estimate is None else f"{estimate:.1f} GB")
+    trained, combined = train_and_export(make_model, combined, plan, accelerator, batch_size, fast, analytic,
+                                         num_samples, combined.n_obs if batch_size is None else batch_size, log_every)
     combined.uns["c2l_params"] = {
         "n_cells_per_location": float(n_cells_per_location),
         "detection_alpha": {k: float(v) for k, v in alpha.items()},
         "max_epochs": int(plan.max_epochs),
         "epochs": int(trained.monitor.epoch),
         "n_shared_genes": int(len(genes)),
+        "n_locations": int(combined.n_obs),
+        "n_cell_types": int(signatures.shape[1]),
+        "batch_size": batch_size,
+        "memory_estimate_gb": None if estimate is None else round(estimate, 2),
         "export": trained.export,
     }
     return trained, combined
@@ -177,28 +187,64 @@ def section_result(section: ad.AnnData, combined: ad.AnnData, sample: str, run_i
     return out
 
 
+def shard_tag(index: int, count: int) -> str:
+    """The name of shard `index` (1-based) of `count`: 'shard-02-of-12'."""
+    return f"shard-{index:0{len(str(count))}d}-of-{count}"
+
+
 def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float, detection_alpha: dict[str, float],
-        setup: Setup, outdir: Path, prefix: str) -> None:
+        setup: Setup, outdir: Path, prefix: str, shard: tuple[int, int] | None = None, shard_seed: int = 0,
+        batch_size: int | None = None) -> None:
     """The step: one model over `sections` (sample -> h5ad); writes <sample>.cell2location.h5ad and the four
     <sample>.<stat>_cell_abundance_w_sf.csv per section, and <prefix>_model/, <prefix>_history.csv/png,
-    <prefix>_training.json, <prefix>_qc.png into `outdir` (all or none)."""
+    <prefix>_training.json, <prefix>_qc.png into `outdir` (all or none).
+
+    `shard=(i, k)`: this model fits only shard i (1-based) of k of every section's spots (memory.shard_of_spots,
+    seeded by `shard_seed`: every shard task of a run agrees on the split); the per-section tables are then named
+    <sample>.<shard-tag>.<stat>_cell_abundance_w_sf.csv and no per-section h5ad is written (merge-shards writes
+    the sections' outputs once all shards are done)."""
     from .runtime import staged_outputs, write_h5ad
     from .training import flatness, history_frame, plot_history, plot_qc, write_summary
 
     loaded = {sample: ad.read_h5ad(path) for sample, path in sections.items()}
+    shard_info = None
+    if shard is not None:
+        index, count = shard
+        if not 1 <= index <= count:
+            raise C2LError(f"shard {index} of {count}: the index must be between 1 and {count}", field="shard")
+        kept = {}
+        for sample, adata in loaded.items():
+            mask = memory.shard_of_spots(sample, adata.n_obs, count, shard_seed) == index - 1
+            if not mask.any():
+                LOG.warning("section %s has %d spots: none falls in shard %d of %d", sample, adata.n_obs, index, count)
+                continue
+            kept[sample] = adata[mask].copy()
+        if not kept:
+            raise C2LError(f"shard {index} of {count} holds no spot of any section", field="shard")
+        LOG.info("shard %d of %d: %s", index, count, ", ".join(f"{s} {a.n_obs} of {loaded[s].n_obs} spots"
+                                                              for s, a in kept.items()))
+        shard_info = {"index": index, "count": count, "seed": shard_seed,
+                      "spots": {s: int(a.n_obs) for s, a in kept.items()}}
+        loaded = kept
     sig = read_signatures(signatures)
     trained, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, setup.plan, setup.accelerator,
-                                  setup.fast, setup.analytic, setup.num_samples, setup.log_every)
+                                  setup.fast, setup.analytic, setup.num_samples, setup.log_every, batch_size)
     model = trained.model
     history = history_frame(model)
     LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))
+    params = combined.uns["c2l_params"]
+    extra = {"model": {k: params[k] for k in ("n_locations", "n_shared_genes", "n_cell_types", "batch_size",
+                                              "n_cells_per_location", "detection_alpha")},
+             "memory_estimate_gb": params["memory_estimate_gb"], "shard": shard_info}
+    tag = "" if shard is None else f".{shard_tag(*shard)}"
     with staged_outputs(outdir) as out:
         for sample, section in loaded.items():
-            write_h5ad(section_result(section, combined, sample, prefix), out.path(f"{sample}.cell2location.h5ad"))
+            if shard is None:
+                write_h5ad(section_result(section, combined, sample, prefix), out.path(f"{sample}.cell2location.h5ad"))
             for stat in STATS:
-                abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}.{stat}_cell_abundance_w_sf.csv"))
+                abundance_table(combined, stat, sample).to_csv(out.path(f"{sample}{tag}.{stat}_cell_abundance_w_sf.csv"))
         history.to_csv(out.path(f"{prefix}_history.csv"), index=False)
-        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"))
+        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"), extra)
         plot_history(model, out.path(f"{prefix}_history.png"), skip=max(1, min(1000, len(history) // 10)),
                      title=f"cell2location model '{prefix}'", monitor=trained.monitor)
         plot_qc(model, out.path(f"{prefix}_qc.png"))

@@ -202,7 +202,8 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
 
     `fast=True` (the pipeline): Pyro's JitTrace_ELBO when every epoch is one full batch of fixed shape (Pyro's
     compiled ELBO is keyed on the number of arguments, not their shapes, so minibatches of different sizes
-    would reuse a trace of the wrong shape), Pyro's argument validation off, and the adaptive plan with a
+    would reuse a trace of the wrong shape) and the model is small (memory.uses_jit: the trace doubles the
+    training memory), Pyro's argument validation off, and the adaptive plan with a
     restart from scratch at a lower rate when training diverges. `fast=False` (the tutorial): the model's own
     `train()` (Trace_ELBO, validation on).
     """
@@ -224,9 +225,12 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
         if fast:
             from scvi.model.base import PyroSviTrainMixin
 
-            n_obs = model.adata_manager.adata.n_obs
+            from .memory import uses_jit
+
+            n_obs, n_vars = model.adata_manager.adata.n_obs, model.adata_manager.adata.n_vars
             one_batch = batch_size is None or batch_size >= n_obs
-            loss = JitTrace_ELBO(ignore_jit_warnings=True) if one_batch else Trace_ELBO()
+            jit = one_batch and uses_jit(n_obs, n_vars)
+            loss = JitTrace_ELBO(ignore_jit_warnings=True) if jit else Trace_ELBO()
             LOG.info("training plan: %s; loss %s", plan.describe(), type(loss).__name__)
             with pyro.validation_enabled(False):
                 PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss}, **kwargs)
@@ -583,8 +587,9 @@ def start(setup: Setup, device: str, require_gpu: bool, threads: int | None, see
     return replace(setup, accelerator=accelerator, device=description)
 
 
-def write_summary(trained: Trained, history: pd.DataFrame, device: str, path: Path) -> None:
-    """<prefix>_training.json: epochs, where and why training stopped, device, times, reconstruction accuracy."""
+def write_summary(trained: Trained, history: pd.DataFrame, device: str, path: Path, extra: dict | None = None) -> None:
+    """<prefix>_training.json: epochs, where and why training stopped, device, times, reconstruction accuracy
+    (and `extra`: the step's own facts, e.g. the model's size and memory estimate)."""
     import json
 
     try:
@@ -594,6 +599,7 @@ def write_summary(trained: Trained, history: pd.DataFrame, device: str, path: Pa
         qc = None
     summary = training_summary(trained.model, history, device, trained.train_seconds, qc, trained.monitor,
                                trained.attempts, trained.export_seconds, trained.export)
+    summary.update(extra or {})
     if qc:
         LOG.info("reconstruction accuracy: Pearson r %.3f (log1p %.3f) over %d observations",
                  qc["pearson_r"], qc["pearson_r_log1p"], qc["n_obs_used"])

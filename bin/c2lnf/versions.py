@@ -35,6 +35,7 @@ STEP_PACKAGES = {
     "FILTER_REFERENCE": ("cell2location", "anndata", "numpy", "pandas", "matplotlib", "click"),
     "TRAIN_REFERENCE": TRAINING,
     "MAP_CELLS": TRAINING,
+    "MERGE_SHARDS": ("anndata", "numpy", "pandas", "matplotlib", "click"),
     "PLOT_SPATIAL": ("scanpy", "anndata", "numpy", "pandas", "matplotlib", "click"),
 }
 

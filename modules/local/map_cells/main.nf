@@ -1,14 +1,15 @@
 process MAP_CELLS {
-    tag "${meta.id}"
+    tag "${meta.shard ? "${meta.id} ${meta.shard.tag}" : meta.id}"
     label 'process_medium'
     label 'process_gpu'
 
     input:
-    tuple val(meta), path(sections, stageAs: 'sections/*')  // meta.sections: the sections' metas, in the files' order
+    tuple val(meta), path(sections, stageAs: 'sections/*')  // meta.sections: the sections' metas, in the files' order;
+                                                            // meta.shard (optional): [index, count, tag] of a shard
     path signatures
 
     output:
-    tuple val(meta), path("*.cell2location.h5ad")         , emit: h5ad
+    tuple val(meta), path("*.cell2location.h5ad")         , emit: h5ad, optional: true  // not for a shard
     tuple val(meta), path("*_cell_abundance_w_sf.csv")    , emit: csv
     tuple val(meta), path("${prefix}_model")              , emit: model
     tuple val(meta), path("${prefix}_history.png")        , emit: history_plot
@@ -40,8 +41,10 @@ process MAP_CELLS {
 
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
+    def part = meta.shard ? ".${meta.shard.tag}" : ''
     def touches = meta.sections.collect { s ->
-        "touch ${s.id}.cell2location.h5ad " + ['means', 'stds', 'q05', 'q95'].collect { st -> "${s.id}.${st}_cell_abundance_w_sf.csv" }.join(' ')
+        (meta.shard ? '' : "touch ${s.id}.cell2location.h5ad\n    ") +
+            "touch " + ['means', 'stds', 'q05', 'q95'].collect { st -> "${s.id}${part}.${st}_cell_abundance_w_sf.csv" }.join(' ')
     }.join('\n    ')
     """
     ${touches}

@@ -31,7 +31,7 @@ process READ_VISIUM {
     prefix = task.ext.prefix ?: "${meta.id}"
     """
     touch ${prefix}.h5ad
-    echo 'sample,n_spots' > ${prefix}.qc.csv
+    printf 'sample,n_spots\n${meta.id},1000\n' > ${prefix}.qc.csv   # a nominal size: the workflow sizes the models from it
     c2l versions --process '${task.process}' > versions.yml
     """
 }

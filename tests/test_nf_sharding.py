@@ -1,0 +1,81 @@
+"""Sharding through real Nextflow: a joint model over more locations than --max_locations_per_model is fitted as
+shards (one MAP_CELLS task each), merged by MERGE_SHARDS into the unsharded layout, and drawn per section."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nf_helpers import STATS, assert_ok, needs_testdata, run_nf, shared, signatures_csv, stub_run, two_sections
+from test_nf_pipeline import SHORT
+
+pytestmark = needs_testdata
+
+
+def test_stub_shards_and_merges(tmp_path_factory):
+    """-stub (READ_VISIUM's stub reports 1000 spots): 3 shard tasks, one merge, the unsharded layout published."""
+    run = shared("stub_sharded", lambda d: assert_ok(run_nf(d, "-stub", "--max_locations_per_model", "400")),
+                 tmp_path_factory)
+    assert sorted(r["tag"] for r in run.tasks("MAP_CELLS")) == [f"joint shard-{i}-of-3" for i in (1, 2, 3)]
+    assert [r["tag"] for r in run.tasks("MERGE_SHARDS")] == ["joint"]
+    assert "model 'joint': 1000 locations, at most 400 per model (--max_locations_per_model): 3 shards" in run.log
+    out = run.outdir / "map_cells" / "joint"
+    for stat in STATS:
+        assert (out / f"lymph_node.{stat}_cell_abundance_w_sf.csv").exists()
+    assert (out / "lymph_node.cell2location.h5ad").exists() and (out / "joint_training.json").exists()
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    assert shards == sorted(f"joint.shard-{i}-of-3_{kind}" for i in (1, 2, 3)
+                            for kind in ("history.csv", "history.png", "model", "qc.png", "training.json"))
+    # the merge task got every shard's tables and summaries
+    cmd = (run.task_dir("MERGE_SHARDS") / ".command.sh").read_text()
+    staged = sorted(p.name for p in (run.task_dir("MERGE_SHARDS") / "shards").iterdir())
+    assert len(staged) == 3 * (4 + 2), staged
+    assert (run.outdir / "plot_spatial" / "lymph_node").is_dir()
+    assert "touch" in cmd
+
+
+def test_no_shards_within_the_budget(tmp_path_factory):
+    """The default budget (the memory model, 80 GB) keeps the test data in one model."""
+    run = stub_run(tmp_path_factory)
+    assert [r["tag"] for r in run.tasks("MAP_CELLS")] == ["joint"]
+    assert not run.tasks("MERGE_SHARDS")
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    sheet = two_sections(tmp_path_factory)
+    sig = signatures_csv(tmp_path_factory)
+    return shared("two_sharded", lambda d: assert_ok(run_nf(
+        d, "--input", sheet, "--signatures", sig, *SHORT, "--max_locations_per_model", "400", profile="local")),
+        tmp_path_factory)
+
+
+def test_sharded_joint_model_real(sharded):
+    import anndata as ad
+
+    maps = sharded.tasks("MAP_CELLS")
+    assert sorted(r["tag"] for r in maps) == [f"joint shard-{i}-of-3" for i in (1, 2, 3)]
+    out = sharded.outdir / "map_cells" / "joint"
+    summary = json.loads((out / "joint_training.json").read_text())
+    assert summary["n_shards"] == 3 and summary["n_locations"] == 1000
+    assert all(300 <= n <= 340 for n in summary["locations_per_shard"]), summary["locations_per_shard"]
+    for sample in ("ln_left", "ln_right"):
+        mapped = ad.read_h5ad(out / f"{sample}.cell2location.h5ad")
+        section = ad.read_h5ad(sharded.task_dir("MERGE_SHARDS") / "sections" / f"{sample}.h5ad")
+        assert list(mapped.obs_names) == list(section.obs_names)
+        # stratified: every shard holds a third of every section
+        counts = mapped.obs["c2l_shard"].value_counts().sort_index()
+        assert list(counts.index) == [1, 2, 3] and counts.max() - counts.min() <= 1, counts
+        for stat in STATS:
+            table = pd.read_csv(out / f"{sample}.{stat}_cell_abundance_w_sf.csv", index_col=0)
+            assert table.shape == (mapped.n_obs, 11) and list(table.index) == list(mapped.obs_names)
+            assert np.isfinite(table.values).all() and (table.values >= 0).all()
+        assert set(mapped.obs["region"]) == {sample.split("_")[1]}  # metadata still travels with the section
+        assert (sharded.outdir / "plot_spatial" / sample / f"{sample}.overlay.png").stat().st_size > 1000
+    for i in (1, 2, 3):
+        shard = json.loads((out / "shards" / f"joint.shard-{i}-of-3_training.json").read_text())
+        assert shard["shard"]["spots"]["ln_left"] > 0 and shard["shard"]["spots"]["ln_right"] > 0
+        assert shard["memory_estimate_gb"] > 0 and shard["model"]["n_locations"] == sum(shard["shard"]["spots"].values())
