@@ -7,11 +7,10 @@ peak RSS of that process (os.wait4's ru_maxrss). It then fits, by least squares,
 
     peak_gb = base_gb + per_location_gene * N * G + per_location_type * N * T
 
-separately for each loss (JitTrace_ELBO for small models, Trace_ELBO for large ones: memory.JIT_MAX_ELEMENTS),
-and writes the measurements and the fits to assets/memory_model.json (read by the workflow, to size shards, and by
+and writes the measurements and the fit to assets/memory_model.json (read by the workflow, to size shards, and by
 map-cells, to log its estimate and write it into <prefix>_training.json).
 
-    .venv/bin/python benchmarks/memory_model.py [--jit-sizes NxGxT,...] [--trace-sizes NxGxT,...] [--epochs 10] [--write-asset]
+    .venv/bin/python benchmarks/memory_model.py [--sizes 1000x2000x20,...] [--epochs 10] [--write-asset]
 """
 
 from __future__ import annotations
@@ -27,14 +26,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "bin"))
 
 from run import REPO, log, machine, timed_subprocess, versions  # noqa: E402
 
-# Each loss has its own sizes: the pipeline uses JitTrace_ELBO only up to memory.JIT_MAX_ELEMENTS (N x G) locations x
-# genes, where its traced graph roughly doubles training memory (measured here), and Trace_ELBO above.
-SIZES = {"jit": "1000x2000x20,4000x2000x20,2000x5000x20,3000x3000x34,5000x2000x50",
-         "trace": "1000x2000x20,4000x2000x20,2000x8000x20,8000x3000x34,4000x6000x50,10000x3000x20"}
+SIZES = "1000x2000x20,4000x2000x20,2000x8000x20,8000x3000x34,4000x6000x50,12000x3000x20"
 ASSET = REPO / "assets" / "memory_model.json"
 
 
@@ -90,8 +85,7 @@ def fit(points: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jit-sizes", default=SIZES["jit"], help="comma-separated NxGxT, measured with JitTrace_ELBO")
-    ap.add_argument("--trace-sizes", default=SIZES["trace"], help="comma-separated NxGxT, measured with Trace_ELBO")
+    ap.add_argument("--sizes", default=SIZES, help="comma-separated NxGxT")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--workdir", type=Path, default=HERE / "work")
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -101,48 +95,36 @@ def main(argv: list[str] | None = None) -> None:
     work = (a.workdir / f"memory_{stamp}").resolve()
     env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
-    fits, measured = {}, {}
-    for loss, sizes in (("jit", a.jit_sizes), ("trace", a.trace_sizes)):
-        env["C2L_JIT_MAX_ELEMENTS"] = "1e15" if loss == "jit" else "0"  # force the loss under test
-        points = []
-        for size in sizes.split(","):
-            n, g, t = (int(x) for x in size.split("x"))
-            d = work / size
-            spots, sig = (d / "data" / "spots.h5ad", d / "data" / "signatures.csv")
-            if not spots.exists():
-                spots, sig = draw(d / "data", n, g, t)
-            out = d / f"out_{loss}"
-            cmd = [REPO / "bin" / "c2l", "map-cells", "--section", f"sim={spots}", "--signatures", sig,
-                   "--max-epochs", a.epochs, "--min-epochs", 1, "--no-early-stop", "--threads", 1, "--device", "cpu",
-                   "--outdir", out, "--prefix", "m"]
-            res = timed_subprocess(cmd, d, d / f"map_cells_{loss}.log", env)
-            summary = json.loads((out / "m_training.json").read_text())
-            points.append({"n_locations": n, "n_genes": g, "n_types": t, "peak_rss_gb": res["peak_rss_gb"],
-                           "wall_s": res["wall_s"], "epochs": summary.get("epochs"),
-                           "estimate_before_fit": summary.get("memory_estimate_gb")})
-            log(f"{loss} {size}: peak RSS {res['peak_rss_gb']:.2f} GB, {res['wall_s']:.0f} s")
-        measured[loss], fits[loss] = points, fit(points)
+    points = []
+    for size in a.sizes.split(","):
+        n, g, t = (int(x) for x in size.split("x"))
+        d = work / size
+        spots, sig = draw(d / "data", n, g, t)
+        cmd = [REPO / "bin" / "c2l", "map-cells", "--section", f"sim={spots}", "--signatures", sig,
+               "--max-epochs", a.epochs, "--min-epochs", 1, "--no-early-stop", "--threads", 1, "--device", "cpu",
+               "--outdir", d / "out", "--prefix", "m"]
+        res = timed_subprocess(cmd, d, d / "map_cells.log", env)
+        summary = json.loads((d / "out" / "m_training.json").read_text())
+        points.append({"n_locations": n, "n_genes": g, "n_types": t, "peak_rss_gb": res["peak_rss_gb"],
+                       "wall_s": res["wall_s"], "epochs": summary.get("epochs"),
+                       "estimate_before_fit": summary.get("memory_estimate_gb")})
+        log(f"{size}: peak RSS {res['peak_rss_gb']:.2f} GB, {res['wall_s']:.0f} s")
+    model = fit(points)
     out = {"run_id": f"memory_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"),
-           "machine": machine(), "versions": versions(), "epochs": a.epochs, "measurements": measured, "fit": fits}
+           "machine": machine(), "versions": versions(), "epochs": a.epochs, "measurements": points, "fit": model}
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"memory_model_{stamp}.json"
     path.write_text(json.dumps(out, indent=2))
-    print("| loss | N locations | G genes | T types | N x G (1e6) | peak RSS (GB) | fit (GB) |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
-    for loss in ("jit", "trace"):
-        for p, f in zip(measured[loss], fits[loss]["predicted_gb"]):
-            print(f"| {loss} | {p['n_locations']} | {p['n_genes']} | {p['n_types']} | "
-                  f"{p['n_locations'] * p['n_genes'] / 1e6:.1f} | {p['peak_rss_gb']:.2f} | {f:.2f} |")
-    print(f"fit: {fits}\nJSON: {path}")
+    print("| N locations | G genes | T types | N x G (1e6) | peak RSS (GB) | fit (GB) |\n|---:|---:|---:|---:|---:|---:|")
+    for p, f in zip(points, model["predicted_gb"]):
+        print(f"| {p['n_locations']} | {p['n_genes']} | {p['n_types']} | {p['n_locations'] * p['n_genes'] / 1e6:.1f} "
+              f"| {p['peak_rss_gb']:.2f} | {f:.2f} |")
+    print(f"fit: {model}\nJSON: {path}")
     if a.write_asset:
-        from c2lnf.memory import JIT_MAX_ELEMENTS
-
         asset = {"source": f"benchmarks/results/{path.name}",
                  "formula": "peak_gb = base_gb + gb_per_location_gene * N * G + gb_per_location_type * N * T",
-                 "measured_on": "CPU (peak RSS of the whole map-cells process), 10 epochs, analytic export",
-                 "jit_max_elements": JIT_MAX_ELEMENTS,
-                 **{loss: {k: fits[loss][k] for k in ("base_gb", "gb_per_location_gene", "gb_per_location_type")}
-                    for loss in ("jit", "trace")}}
+                 "measured_on": f"CPU (peak RSS of the whole map-cells process), {a.epochs} epochs, analytic export",
+                 **{k: model[k] for k in ("base_gb", "gb_per_location_gene", "gb_per_location_type")}}
         ASSET.write_text(json.dumps(asset, indent=2) + "\n")
         print(f"wrote {ASSET}")
 

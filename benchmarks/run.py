@@ -100,7 +100,7 @@ def read_trace(outdir: Path) -> list[dict]:
     trace = pd.read_csv(files[-1], sep="\t")
     rows = []
     for _, r in trace.iterrows():
-        rows.append({"process": str(r["process"]).split(":")[-1], "status": r["status"],
+        rows.append({"process": str(r["process"]).split(":")[-1], "tag": str(r.get("tag", "")), "status": r["status"],
                      "realtime_s": parse_duration(str(r["realtime"])),
                      "duration_s": parse_duration(str(r["duration"])),
                      "peak_rss_gb": round(parse_bytes(str(r["peak_rss"])) / 1024**3, 3),

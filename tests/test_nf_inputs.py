@@ -53,6 +53,12 @@ CASES = {
         f"sample,spaceranger_dir,n_cells_per_location\nln,{VISIUM},\nln2,{VISIUM},8\n", [], "test,local",
         "Samplesheet {sheet}, row 3, sample 'ln2': field 'n_cells_per_location' must be the same in every row when "
         "the sections are mapped in one joint model (ln=30, ln2=8); use --mapping_mode per_sample"),
+    "bin_size_not_8_or_16": (
+        f"sample,spaceranger_dir,bin_size\nln,{VISIUM},2\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'bin_size' must be 8 or 16 (um; Visium HD bins), got '2'"),
+    "bin_size_with_h5ad": (
+        f"sample,h5ad,bin_size\nln,{H5AD},16\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'bin_size' needs the field 'spaceranger_dir'"),
     "mapping_mode": (
         None, ["--mapping_mode", "together"], "test,local",
         "--mapping_mode: must be one of joint, per_sample, got 'together'"),

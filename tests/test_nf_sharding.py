@@ -79,3 +79,32 @@ def test_sharded_joint_model_real(sharded):
         shard = json.loads((out / "shards" / f"joint.shard-{i}-of-3_training.json").read_text())
         assert shard["shard"]["spots"]["ln_left"] > 0 and shard["shard"]["spots"]["ln_right"] > 0
         assert shard["memory_estimate_gb"] > 0 and shard["model"]["n_locations"] == sum(shard["shard"]["spots"].values())
+
+
+# ---------------------------------------------------------------- Visium HD through the pipeline
+
+
+def test_visium_hd_row_end_to_end(tmp_path_factory):
+    """A samplesheet row pointing at a Visium HD output (no bin_size: 16 um, 3 cells per bin by default) runs
+    READ_VISIUM -> MAP_CELLS -> PLOT_SPATIAL for real (tiny epochs)."""
+    import anndata as ad
+
+    from test_visium_hd import SYMBOLS, write_hd_fixture
+
+    def make(folder):
+        outs = write_hd_fixture(folder / "hd_run", side={16: 14, 8: 28})
+        sheet = folder / "samplesheet.csv"
+        sheet.write_text(f"sample,spaceranger_dir\nhd1,{outs}\n")
+        ids = [f"ENSG{i:011d}" for i, s in enumerate(SYMBOLS) if not s.startswith("MT-")]
+        rng = np.random.default_rng(0)
+        sig = pd.DataFrame(rng.gamma(2.0, 1.0, size=(len(ids), 3)), index=ids, columns=["A", "B", "C"])
+        sig.to_csv(folder / "signatures.csv")
+        return assert_ok(run_nf(folder, "--input", sheet, "--signatures", folder / "signatures.csv", *SHORT,
+                                profile="local"))
+
+    run = shared("visium_hd", make, tmp_path_factory)
+    assert "--bin-size 16" in (run.task_dir("READ_VISIUM") / ".command.sh").read_text()
+    assert "--n-cells-per-location 3" in (run.task_dir("MAP_CELLS") / ".command.sh").read_text()
+    mapped = ad.read_h5ad(run.outdir / "map_cells" / "joint" / "hd1.cell2location.h5ad")
+    assert mapped.n_obs == 12 * 12 and mapped.uns["spatial"]["hd_lib"]["metadata"]["bin_size_um"] == 16
+    assert (run.outdir / "plot_spatial" / "hd1").is_dir()

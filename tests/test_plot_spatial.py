@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anndata as ad
+import numpy as np
 import pytest
 
 from conftest import LN_CELL_TYPES, assert_failed_cleanly, assert_png, invoke, no_staging
@@ -52,3 +53,48 @@ def test_plot_helpers(mapped_left):
     top = top_cell_types(adata, 3)
     totals = q05.sum(axis=0)
     assert len(top) == 3 and list(top) == list(totals.sort_values(ascending=False).index[:3])
+
+
+def hd_like_section(n: int, n_types: int = 25, seed: int = 0) -> ad.AnnData:
+    """A mapped section of n locations on a square grid of 16 um bins (no image), random abundances."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    xy = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(float) * 57.6
+    adata = ad.AnnData(X=np.zeros((n, 2), dtype=np.float32))
+    adata.obsm["spatial"] = xy
+    types = [f"type_{i:02d}" for i in range(n_types)]
+    for stat in ("means", "stds", "q05", "q95"):
+        adata.obsm[f"{stat}_cell_abundance_w_sf"] = pd.DataFrame(
+            rng.gamma(0.5, 1.0, (n, n_types)), index=adata.obs_names, columns=[f"{stat}cell_abundance_w_sf_{t}" for t in types])
+    adata.uns["spatial"] = {"hd": {"images": {}, "scalefactors": {"spot_diameter_fullres": 57.6}, "metadata": {}}}
+    return adata
+
+
+def test_many_locations_get_rasters_and_a_dominant_type_map(tmp_path):
+    """Above MAX_PIES locations (Visium HD): rasterised maps, one scatter per panel, dominant type instead of pies."""
+    from c2lnf import plot_spatial as P
+
+    adata = hd_like_section(P.MAX_PIES + 1)
+    maps = P.plot_abundance_maps(adata)
+    panels = [ax for ax in maps.axes if ax.get_visible() and ax.get_title().startswith("type_")]
+    assert len(panels) == 25 and all(len(ax.collections) == 1 and ax.collections[0].get_rasterized() for ax in panels)
+    props = P.plot_proportion_pies(adata)
+    (ax,) = [a for a in props.axes if a.get_title().startswith("dominant cell type")]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == adata.n_obs  # no wedge per location
+    colours = {tuple(np.round(h.get_facecolor(), 3)) for h in ax.get_legend().legend_handles}
+    assert len(colours) == 25  # 25 types, 25 distinct colours
+    path = tmp_path / "section.h5ad"
+    adata.write_h5ad(path)
+    invoke("plot-spatial", path, "--sample", "hd", "--outdir", tmp_path / "out")
+    for name in ("hd.q05_abundance.png", "hd.overlay.png", "hd.proportions.png"):
+        assert_png(tmp_path / "out" / name)
+
+
+def test_few_locations_keep_the_tutorial_figures():
+    from c2lnf import plot_spatial as P
+
+    fig = P.plot_proportion_pies(hd_like_section(400, n_types=5))
+    assert any(ax.get_title().startswith("cell-type proportions per spot") for ax in fig.axes)

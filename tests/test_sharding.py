@@ -14,8 +14,7 @@ from conftest import TINY_MAPPING, assert_failed_cleanly, assert_png, invoke, no
 from c2lnf import memory
 from c2lnf.map_cells import STATS, shard_tag
 
-TRACE = {"base_gb": 1.5, "gb_per_location_gene": 2e-8, "gb_per_location_type": 1e-6}
-COEF = {"jit": {"base_gb": 1.6, "gb_per_location_gene": 5e-8, "gb_per_location_type": 1e-6}, "trace": TRACE}
+COEF = {"base_gb": 1.5, "gb_per_location_gene": 2e-8, "gb_per_location_type": 1e-6}
 
 
 # ---------------------------------------------------------------- the split (no training)
@@ -49,28 +48,17 @@ def test_shard_tag_sorts_in_order():
 
 
 def test_estimate_grows_with_every_dimension():
-    for n, g in ((1000, 2000), (20000, 8000)):  # a JIT-sized and a Trace-sized model
-        base = memory.estimate_gb(n, g, 20, COEF)
-        assert memory.estimate_gb(n + 100, g, 20, COEF) > base
-        assert memory.estimate_gb(n, g + 100, 20, COEF) > base
-        assert memory.estimate_gb(n, g, 40, COEF) > base
-    assert memory.estimate_gb(0, 0, 0, COEF) == pytest.approx(COEF["jit"]["base_gb"])
+    base = memory.estimate_gb(1000, 2000, 20, COEF)
+    assert memory.estimate_gb(1100, 2000, 20, COEF) > base
+    assert memory.estimate_gb(1000, 2100, 20, COEF) > base
+    assert memory.estimate_gb(1000, 2000, 40, COEF) > base
+    assert memory.estimate_gb(0, 0, 0, COEF) == pytest.approx(COEF["base_gb"])
 
 
-def test_the_estimate_follows_the_loss_the_model_trains_with():
-    g = 2000
-    n = memory.JIT_MAX_ELEMENTS // g
-    assert memory.uses_jit(n, g) and not memory.uses_jit(n + 1, g)
-    assert memory.estimate_gb(n, g, 20, COEF) == pytest.approx(1.6 + 5e-8 * n * g + 1e-6 * n * 20)
-    assert memory.estimate_gb(n + 1, g, 20, COEF) == pytest.approx(1.5 + 2e-8 * (n + 1) * g + 1e-6 * (n + 1) * 20)
-
-
-@pytest.mark.parametrize("budget,genes", [(4.0, 18000), (80.0, 18000), (640.0, 18000), (1.9, 500), (2.1, 500)])
+@pytest.mark.parametrize("budget,genes", [(4.0, 18000), (80.0, 18000), (640.0, 18000), (1.9, 500)])
 def test_max_locations_is_the_largest_model_within_the_budget(budget, genes):
     n = memory.max_locations(budget, genes, 50, COEF)
-    assert memory.estimate_gb(n, genes, 50, COEF) <= budget < memory.estimate_gb(n + 1, genes, 50, COEF) or (
-        # just below the JIT limit the cheaper Trace model above it may not fit either
-        memory.uses_jit(n, genes) and not memory.uses_jit(n + 1, genes))
+    assert memory.estimate_gb(n, genes, 50, COEF) <= budget < memory.estimate_gb(n + 1, genes, 50, COEF)
     assert memory.n_shards(3 * n, n) == 3 and memory.n_shards(3 * n + 1, n) == 4 and memory.n_shards(5, n) == 1
 
 
@@ -81,10 +69,7 @@ def test_budget_below_the_base_still_gives_one_location_per_model():
 def test_shipped_coefficients_are_a_fit_with_positive_slope():
     coef = memory.coefficients()
     assert coef is not None, "assets/memory_model.json is missing"
-    for loss in ("jit", "trace"):
-        assert coef[loss]["base_gb"] > 0 and coef[loss]["gb_per_location_gene"] > 0
-        assert coef[loss]["gb_per_location_type"] >= 0
-    assert coef["jit_max_elements"] == memory.JIT_MAX_ELEMENTS
+    assert coef["base_gb"] > 0 and coef["gb_per_location_gene"] > 0 and coef["gb_per_location_type"] >= 0
     assert coef["source"].startswith("benchmarks/results/memory_model_")
 
 

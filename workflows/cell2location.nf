@@ -137,15 +137,10 @@ def signatureShape(csv) {
  */
 def maxLocations(Map shape, Map budget) {
     if (budget.max_locations) { return budget.max_locations as long }
-    def coef = budget.coefficients
-    if (!coef) { return null }
-    def solve = { Map c ->
-        def perLocation = c.gb_per_location_gene * shape.genes + c.gb_per_location_type * shape.types
-        perLocation > 0 ? Math.max(0L, ((budget.memory_gb - c.base_gb) / perLocation) as long) : Long.MAX_VALUE
-    }
-    def jitLimit = (coef.jit_max_elements as long).intdiv(Math.max(1L, shape.genes as long))
-    def nTrace = solve(coef.trace)
-    return nTrace > jitLimit ? nTrace : Math.max(1L, Math.min(jitLimit, solve(coef.jit)))
+    def c = budget.coefficients
+    if (!c) { return null }
+    def perLocation = c.gb_per_location_gene * shape.genes + c.gb_per_location_type * shape.types
+    return perLocation > 0 ? Math.max(1L, ((budget.memory_gb - c.base_gb) / perLocation) as long) : null
 }
 
 /*

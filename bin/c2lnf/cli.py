@@ -179,17 +179,20 @@ def cli(verbose: bool, pipeline_digest: str | None) -> None:
 @click.option("--obs", multiple=True, callback=_key_values,
               help="KEY=VALUE descriptive metadata written as a constant obs column (repeatable).")
 @click.option("--drop-empty-spots", is_flag=True, help="Drop spots without counts instead of failing.")
+@click.option("--bin-size", type=click.Choice(["8", "16"]), default=None,
+              help="Visium HD (Space Ranger >= 3): read binned_outputs/square_0NNum at this bin size in um [default for HD: 16].")
 @_prefix_option(None, "default: the sample id")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for <prefix>.h5ad and <prefix>.qc.csv.")
 @domain_errors
-def read_visium_cmd(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, prefix, outdir):
+def read_visium_cmd(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, bin_size, prefix, outdir):
     """Read one Visium section: counts, positions, images; MT genes to obsm['MT']; QC numbers."""
     from .read_visium import run
 
     if (spaceranger_dir is None) == (h5ad is None):
         raise click.UsageError("give exactly one of --spaceranger-dir or --h5ad")
-    run(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, outdir, prefix or sample)
+    run(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, outdir, prefix or sample,
+        None if bin_size is None else int(bin_size))
 
 
 def reference_options(func):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -22,27 +21,13 @@ import numpy as np
 
 ASSET = Path(__file__).resolve().parents[2] / "assets" / "memory_model.json"
 
-#: Pyro's JitTrace_ELBO is used for a full-batch model of at most this many locations x genes. Its traced graph
-#: keeps about twice the training memory of Trace_ELBO (4000 x 2000: 4.5 vs 2.0 GB peak RSS; docs/benchmarks.md),
-#: for a few per cent per epoch: worth it for small models, not where memory is what limits the run.
-JIT_MAX_ELEMENTS = int(float(os.environ.get("C2L_JIT_MAX_ELEMENTS", 1e7)))
-
-
-def uses_jit(n_locations: int, n_genes: int) -> bool:
-    return n_locations * n_genes <= JIT_MAX_ELEMENTS
-
-
 @lru_cache(maxsize=1)
 def coefficients(path: Path = ASSET) -> dict | None:
-    """The fitted coefficients ({'jit': {...}, 'trace': {...}}), or None where the asset is not shipped."""
+    """The fitted coefficients, or None where the asset is not shipped (a bare copy of bin/)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _linear(coef: dict, n: float, g: int, t: int) -> float:
-    return coef["base_gb"] + coef["gb_per_location_gene"] * n * g + coef["gb_per_location_type"] * n * t
 
 
 def estimate_gb(n_locations: int, n_genes: int, n_types: int, coef: dict | None = None) -> float | None:
@@ -50,29 +35,20 @@ def estimate_gb(n_locations: int, n_genes: int, n_types: int, coef: dict | None 
     coef = coef or coefficients()
     if coef is None:
         return None
-    loss = "jit" if uses_jit(n_locations, n_genes) else "trace"
-    return float(_linear(coef[loss], n_locations, n_genes, n_types))
-
-
-def _solve(coef: dict, budget_gb: float, g: int, t: int) -> int:
-    per_location = coef["gb_per_location_gene"] * g + coef["gb_per_location_type"] * t
-    room = budget_gb - coef["base_gb"]
-    if per_location <= 0:
-        return 10**12
-    return max(0, int(room / per_location))
+    return float(coef["base_gb"] + coef["gb_per_location_gene"] * n_locations * n_genes
+                 + coef["gb_per_location_type"] * n_locations * n_types)
 
 
 def max_locations(budget_gb: float, n_genes: int, n_types: int, coef: dict | None = None) -> int | None:
-    """The most locations one model of G genes and T types may hold within `budget_gb` (None: no estimate;
-    at least 1)."""
+    """The most locations one model of G genes and T types may hold within `budget_gb` (at least 1; None: no
+    estimate)."""
     coef = coef or coefficients()
     if coef is None:
         return None
-    jit_limit = JIT_MAX_ELEMENTS // max(1, n_genes)  # above this many locations the model trains without JIT
-    n_trace = _solve(coef["trace"], budget_gb, n_genes, n_types)
-    if n_trace > jit_limit:
-        return n_trace
-    return max(1, min(jit_limit, _solve(coef["jit"], budget_gb, n_genes, n_types)))
+    per_location = coef["gb_per_location_gene"] * n_genes + coef["gb_per_location_type"] * n_types
+    if per_location <= 0:
+        return 10**12
+    return max(1, int((budget_gb - coef["base_gb"]) / per_location))
 
 
 def n_shards(n_locations: int, max_per_model: int) -> int:

@@ -13,6 +13,11 @@ from .errors import C2LError
 
 LOG = logging.getLogger("c2l.plot_spatial")
 
+#: above this many locations (Visium HD bins) the abundance maps are rasterised scatters instead of scanpy's
+#: circles, and the proportions figure colours each location by its dominant cell type instead of drawing a pie
+#: per location (unreadable, and minutes to draw, at 10^5 bins)
+MAX_PIES = 5000
+
 
 def library(adata: ad.AnnData) -> tuple[str | None, str | None, dict]:
     """(library id, image key to draw on or None, scale factors) of a section."""
@@ -54,8 +59,45 @@ def _slide_with(adata: ad.AnnData, table: pd.DataFrame) -> ad.AnnData:
     return slide
 
 
+def plot_abundance_rasters(adata: ad.AnnData, stat: str = "q05", quantile: float = 0.992, ncols: int = 4):
+    """plot_abundance_maps for sections of many small locations (Visium HD): one rasterised scatter of square
+    markers per cell type, on black, same colour map and limit; seconds instead of minutes at 10^5 bins."""
+    import matplotlib.pyplot as plt
+
+    table = abundance(adata, stat)
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    n_types = table.shape[1]
+    nrows = int(np.ceil(n_types / ncols))
+    span = np.ptp(xy, axis=0)
+    aspect = float(span[1] / span[0]) if span[0] > 0 else 1.0
+    width = 4.5
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(ncols * width, nrows * 0.8 * width * min(2.0, max(0.3, aspect)) + 0.4))
+    marker_pt = max(0.3, 0.95 * width * 72 / np.sqrt(len(xy)))
+    for ax, name in zip(axes.ravel(), table.columns):
+        values = table[name].to_numpy()
+        vmax = float(np.quantile(values, quantile)) or None
+        order = np.argsort(values)  # the highest on top
+        art = ax.scatter(xy[order, 0], xy[order, 1], c=values[order], cmap="magma", vmin=0, vmax=vmax,
+                         s=marker_pt ** 2, marker="s", linewidths=0, rasterized=True)
+        ax.set_facecolor("black")
+        ax.invert_yaxis()
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name)
+        fig.colorbar(art, ax=ax, shrink=0.7)
+    for ax in axes.ravel()[n_types:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{stat} cell abundance (cells per location), {len(xy):,} locations")
+    return fig
+
+
 def plot_abundance_maps(adata: ad.AnnData, stat: str = "q05", vmax_quantile: str = "p99.2", ncols: int = 4):
-    """One panel per cell type: `stat` abundance on the tissue image (magma, colour limit at the 99.2% quantile)."""
+    """One panel per cell type: `stat` abundance on the tissue image (magma, colour limit at the 99.2% quantile);
+    above MAX_PIES locations, plot_abundance_rasters."""
+    if adata.n_obs > MAX_PIES:
+        return plot_abundance_rasters(adata, stat, float(vmax_quantile.lstrip("p")) / 100, ncols)
     import matplotlib as mpl
     import matplotlib.pyplot as plt
     import scanpy as sc
@@ -109,8 +151,8 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
     cell_types = cell_types[:7]
     slide = _slide_with(adata, table[cell_types])
     lib, img_key, sf = library(adata)
-    if lib is None or not sf:
-        # plot_spatial scales coordinates by the image scale factor: give it an identity one
+    if lib is None or not sf or img_key is None:
+        # plot_spatial scales coordinates by the image scale factor: give it an identity one (no image to match)
         lib = lib or "section"
         slide.uns["spatial"] = {lib: {"images": {}, "scalefactors": {"tissue_hires_scalef": 1.0,
                                                                       "spot_diameter_fullres": _spot_size_px(adata)}}}
@@ -128,14 +170,52 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
             img_key=img_key,
             style="fast",
             max_color_quantile=0.992,
-            circle_diameter=6,
+            # the tutorial's 6 for a Visium section (~4,000 spots), smaller as locations get denser (HD bins)
+            circle_diameter=float(np.clip(6 * np.sqrt(4000 / max(1, adata.n_obs)), 0.4, 6)),
             colorbar_position="right",
         )
     return fig
 
 
+def plot_dominant_type(adata: ad.AnnData, stat: str = "means"):
+    """Each location coloured by its most abundant cell type, its share of the location as the opacity: the
+    proportions figure for sections of many small locations (Visium HD), one rasterised scatter."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    table = abundance(adata, stat)
+    props = table.div(table.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0).to_numpy()
+    top = props.argmax(axis=1)
+    share = props[np.arange(len(props)), top]
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    if table.shape[1] <= 10:
+        palette = [plt.get_cmap("tab10")(i) for i in range(10)]
+    colours = np.array([palette[i % len(palette)] for i in range(table.shape[1])])  # distinct up to 60 types
+    rgba = colours[top].copy()
+    rgba[:, 3] = np.clip(0.25 + 0.75 * share, 0, 1)
+    span = np.ptp(xy, axis=0).max() or 1.0
+    side = 12.0
+    marker_pt = max(0.5, 0.9 * side * 72 / np.sqrt(len(xy)))  # about one location's width, in points
+    fig, ax = plt.subplots(figsize=(side + 3, side * max(0.3, np.ptp(xy[:, 1]) / span)))
+    ax.set_facecolor("black")
+    ax.scatter(xy[:, 0], xy[:, 1], c=rgba, s=marker_pt ** 2, marker="s", linewidths=0, rasterized=True)
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    counts = np.bincount(top, minlength=table.shape[1])
+    ax.legend(handles=[Patch(color=colours[j], label=f"{n} ({counts[j]:,})") for j, n in enumerate(table.columns)],
+              loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="dominant cell type (locations)")
+    ax.set_title(f"dominant cell type per location ({stat} abundance; opacity: its share), {len(xy):,} locations")
+    return fig
+
+
 def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: float = 0.01):
-    """A pie chart per spot of the cell-type proportions (abundances normalised per spot) over the tissue."""
+    """A pie chart per spot of the cell-type proportions (abundances normalised per spot) over the tissue; for
+    more than MAX_PIES locations, the dominant cell type per location instead (plot_dominant_type)."""
+    if adata.n_obs > MAX_PIES:
+        return plot_dominant_type(adata, stat)
     import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Patch, Wedge

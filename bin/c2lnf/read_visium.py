@@ -139,10 +139,44 @@ def read_10x_mtx(folder: Path, sample: str) -> ad.AnnData:
     return adata[:, adata.var["feature_types"].to_numpy() == "Gene Expression"].copy()
 
 
+HD_BIN_SIZES = (8, 16)
+HD_DEFAULT_BIN = 16
+
+
+def find_hd_bins(sr_dir: Path, sample: str, bin_size: int | None) -> Path | None:
+    """The binned folder of a Visium HD output (Space Ranger >= 3: [outs/]binned_outputs/square_NNNum/), or None
+    for a standard Visium folder. `bin_size` (um, 8 or 16; default 16) picks the bin."""
+    for base in (sr_dir, sr_dir / "outs"):
+        binned = base / "binned_outputs"
+        if binned.is_dir():
+            size = HD_DEFAULT_BIN if bin_size is None else int(bin_size)
+            if size not in HD_BIN_SIZES:
+                raise C2LError(f"{size} um bins: cell2location needs 8 or 16 um bins (2 um bins hold too few counts)",
+                               sample, "bin_size")
+            folder = binned / f"square_{size:03d}um"
+            if not folder.is_dir():
+                have = sorted(p.name for p in binned.glob("square_*um"))
+                raise C2LError(f"no {folder.name} in {binned} (found: {', '.join(have) or 'none'})", sample, "bin_size")
+            return folder
+    if bin_size is not None:
+        raise C2LError(f"bin_size is for Visium HD outputs, and {sr_dir} has no binned_outputs/ (nor outs/binned_outputs/)",
+                       sample, "bin_size")
+    return None
+
+
 def read_positions(spatial: Path, sample: str) -> pd.DataFrame:
-    """Spot positions from `tissue_positions_list.csv` (Space Ranger 1, no header) or `tissue_positions.csv` (≥2)."""
-    new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
-    if new.exists():
+    """Spot positions from `tissue_positions_list.csv` (Space Ranger 1, no header), `tissue_positions.csv` (≥2) or
+    `tissue_positions.parquet` (Visium HD bins)."""
+    new, old, hd = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv", spatial / "tissue_positions.parquet"
+    if hd.exists() and not new.exists():
+        try:
+            pos = pd.read_parquet(hd)
+        except (OSError, ValueError, ImportError) as exc:
+            raise C2LError(f"cannot read {hd.name}: {exc}", sample, "spaceranger_dir") from exc
+        missing = [c for c in POSITION_COLUMNS if c not in pos.columns]
+        if missing:
+            raise C2LError(f"{hd.name} lacks column(s) {missing}", sample, "spaceranger_dir")
+    elif new.exists():
         pos = pd.read_csv(new)
         missing = [c for c in POSITION_COLUMNS if c not in pos.columns]
         if missing:
@@ -154,7 +188,8 @@ def read_positions(spatial: Path, sample: str) -> pd.DataFrame:
         pos.columns = POSITION_COLUMNS
     else:
         raise C2LError(
-            f"no spot positions: {spatial} has neither tissue_positions.csv nor tissue_positions_list.csv",
+            f"no spot positions: {spatial} has none of tissue_positions.csv, tissue_positions_list.csv, "
+            "tissue_positions.parquet",
             sample,
             "spaceranger_dir",
         )
@@ -218,11 +253,16 @@ def move_mt_genes(adata: ad.AnnData) -> ad.AnnData:
     return adata[:, ~is_mt].copy()
 
 
-def read_spaceranger(sr_dir: Path, sample: str) -> ad.AnnData:
-    """Read a Space Ranger output folder into AnnData with `obsm['spatial']` and `uns['spatial']`."""
+def read_spaceranger(sr_dir: Path, sample: str, bin_size: int | None = None) -> ad.AnnData:
+    """Read a Space Ranger output folder into AnnData with `obsm['spatial']` and `uns['spatial']`; a Visium HD
+    output is read at `bin_size` um bins (default 16)."""
     sr_dir = Path(sr_dir)
     if not sr_dir.is_dir():
         raise C2LError(f"{sr_dir} is not a folder", sample, "spaceranger_dir")
+    hd = find_hd_bins(sr_dir, sample, bin_size)
+    if hd is not None:
+        LOG.info("sample %s: Visium HD, %s", sample, hd.name)
+        sr_dir = hd
     matrix, is_raw = find_matrix(sr_dir, sample)
     if matrix.suffix == ".h5":
         adata, library_id = read_10x_h5(matrix, sample)
@@ -258,6 +298,9 @@ def read_spaceranger(sr_dir: Path, sample: str) -> ad.AnnData:
             "metadata": {"source_matrix": matrix.name},
         }
     }
+    if hd is not None:
+        size = int(scalefactors.get("bin_size_um") or int(hd.name[len("square_"):-2]))
+        adata.uns["spatial"][library_id]["metadata"].update({"visium_hd": True, "bin_size_um": size})
     adata.obs["library_id"] = library_id
     return adata
 
@@ -306,13 +349,17 @@ def load_section(
     h5ad: Path | None = None,
     obs: dict | None = None,
     drop_empty_spots: bool = False,
+    bin_size: int | None = None,
 ) -> tuple[ad.AnnData, dict]:
     """Read, check and annotate one section; returns the AnnData and its QC numbers. `obs`: descriptive
     metadata (the samplesheet's extra columns) written as constant obs columns."""
     if (spaceranger_dir is None) == (h5ad is None):
         raise C2LError("give exactly one of spaceranger_dir or h5ad", sample, "spaceranger_dir/h5ad")
     field = "spaceranger_dir" if spaceranger_dir is not None else "h5ad"
-    adata = read_spaceranger(spaceranger_dir, sample) if spaceranger_dir is not None else read_section_h5ad(h5ad, sample)
+    if h5ad is not None and bin_size is not None:
+        raise C2LError("bin_size is for Visium HD Space Ranger outputs (spaceranger_dir), not h5ad", sample, "bin_size")
+    adata = (read_spaceranger(spaceranger_dir, sample, bin_size) if spaceranger_dir is not None
+             else read_section_h5ad(h5ad, sample))
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise C2LError(f"the section has {adata.n_obs} spots x {adata.n_vars} genes", sample, field)
     check_raw_counts(adata.X, sample, field=f"{field} (counts)")
@@ -346,11 +393,11 @@ def load_section(
 
 
 def run(sample: str, spaceranger_dir: Path | None, h5ad: Path | None, obs: dict, drop_empty_spots: bool,
-        outdir: Path, prefix: str) -> None:
+        outdir: Path, prefix: str, bin_size: int | None = None) -> None:
     """The step: read one section; writes <prefix>.h5ad and <prefix>.qc.csv into `outdir` (both or none)."""
     from .runtime import staged_outputs, write_h5ad
 
-    adata, qc = load_section(sample, spaceranger_dir, h5ad, obs, drop_empty_spots)
+    adata, qc = load_section(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, bin_size)
     with staged_outputs(outdir) as out:
         write_h5ad(adata, out.path(f"{prefix}.h5ad"))
         pd.DataFrame([qc]).to_csv(out.path(f"{prefix}.qc.csv"), index=False)

@@ -202,8 +202,7 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
 
     `fast=True` (the pipeline): Pyro's JitTrace_ELBO when every epoch is one full batch of fixed shape (Pyro's
     compiled ELBO is keyed on the number of arguments, not their shapes, so minibatches of different sizes
-    would reuse a trace of the wrong shape) and the model is small (memory.uses_jit: the trace doubles the
-    training memory), Pyro's argument validation off, and the adaptive plan with a
+    would reuse a trace of the wrong shape), Pyro's argument validation off, and the adaptive plan with a
     restart from scratch at a lower rate when training diverges. `fast=False` (the tutorial): the model's own
     `train()` (Trace_ELBO, validation on).
     """
@@ -225,12 +224,9 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
         if fast:
             from scvi.model.base import PyroSviTrainMixin
 
-            from .memory import uses_jit
-
-            n_obs, n_vars = model.adata_manager.adata.n_obs, model.adata_manager.adata.n_vars
+            n_obs = model.adata_manager.adata.n_obs
             one_batch = batch_size is None or batch_size >= n_obs
-            jit = one_batch and uses_jit(n_obs, n_vars)
-            loss = JitTrace_ELBO(ignore_jit_warnings=True) if jit else Trace_ELBO()
+            loss = JitTrace_ELBO(ignore_jit_warnings=True) if one_batch else Trace_ELBO()
             LOG.info("training plan: %s; loss %s", plan.describe(), type(loss).__name__)
             with pyro.validation_enabled(False):
                 PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss}, **kwargs)

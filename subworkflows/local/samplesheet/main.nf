@@ -3,8 +3,8 @@
  *
  * Every column's type, pattern and rule lives in the schema; this file only interprets it: the nf-schema
  * keywords the schema uses (type, pattern, format + exists, exclusiveMinimum/minimum/maximum, enum, required,
- * meta, errorMessage, uniqueEntries) and the pipeline's own x- keywords (x-default-param, x-exactly-one-of,
- * x-same-in-joint-model). Rules across rows are checked here, before any task starts. Errors name the row,
+ * meta, errorMessage, uniqueEntries) and the pipeline's own x- keywords (x-default-param, x-default-by,
+ * x-default-if-path, x-requires, x-exactly-one-of, x-same-in-joint-model). Rules across rows are checked here, before any task starts. Errors name the row,
  * the sample and the field:
  *     Samplesheet <path>, row <n>, sample '<id>': field '<column>' <what is wrong>
  */
@@ -48,6 +48,18 @@ def readSamplesheet(Map opts) {
         def input = null
         props.each { col, spec ->
             def raw = row[col] ?: ''
+            if (raw && spec.'x-requires' && !row[spec.'x-requires']) {
+                error("${where}: field '${col}' needs the field '${spec.'x-requires'}'")
+            }
+            if (!raw && spec.'x-default-if-path' && row[spec.'x-default-if-path'.under]) {  // e.g. a Visium HD folder
+                def rule = spec.'x-default-if-path'
+                def dir = row[rule.under].startsWith('/') ? file(row[rule.under]) : base.resolve(row[rule.under])
+                if (rule.any.any { sub -> dir.resolve(sub).exists() }) { raw = rule.value.toString(); row[col] = raw }
+            }
+            if (!raw && spec.'x-default-by') {  // a default that depends on another column (e.g. the Visium HD bin size)
+                def by = spec.'x-default-by'
+                raw = by.values[(row[by.column] ?: '').trim()]?.toString() ?: ''
+            }
             if (!raw && spec.'x-default-param') { raw = opts.defaults[spec.'x-default-param']?.toString() ?: '' }
             if (!raw) { return }
             def value = checkField(raw, spec, "${where}: field '${col}'", base)
@@ -85,7 +97,9 @@ def checkField(String raw, Map spec, String where, base) {
         value = raw.toLowerCase() == 'true'
     }
     if (spec.pattern && !(raw ==~ spec.pattern)) { error("${where} ${why ?: "must match ${spec.pattern}"}") }
-    if (spec.enum && !(value in spec.enum)) { error("${where} must be one of ${spec.enum.join(', ')}, got '${raw}'") }
+    if (spec.enum && !spec.enum.any { it.toString() == value.toString() }) {  // (JSON numbers vs BigInteger)
+        error("${where} ${why ?: "must be one of ${spec.enum.join(', ')}"}, got '${raw}'")
+    }
     if (spec.format in ['file-path', 'directory-path']) {
         def p = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
         if (spec.exists && !p.exists()) { error("${where}: path does not exist: ${p}") }

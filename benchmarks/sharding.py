@@ -1,0 +1,131 @@
+"""Sharded against unsharded mapping on simulated data (issue 10): same answer, less memory per task.
+
+One simulated data set (benchmarks/simulate.py: spots drawn from real lymph node cells with known composition),
+split into two sections by position; the pipeline at its defaults (training stops at convergence) run three
+times in one launch folder with -resume (so READ_VISIUM and the reference are trained once and shared): one joint
+model, then --max_locations_per_model N/2 and N/4 (2 and 4 shards, stratified by section). Reports for each
+sharded run the per-cell-type Pearson r of q05 with the unsharded run, both sets of ground-truth metrics, and the
+peak RSS and time of every MAP_CELLS task (from the trace). Writes benchmarks/results/sharding_<stamp>.json.
+
+    .venv/bin/python benchmarks/sharding.py [--n-spots 1200] [--seed 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import REPO, TESTDATA, fmt, log, machine, read_trace, timed_subprocess, versions  # noqa: E402
+
+METRICS = ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")
+BAR = {"q05_pearson_median_min": 0.98, "metric_tolerance": 0.01}
+
+
+def split_sections(spots: Path, out: Path) -> list[str]:
+    """Two sections (left / right half by x) as h5ad files; returns their ids."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(spots)
+    x = np.asarray(adata.obsm["spatial"])[:, 0]
+    ids = []
+    for name, mask in (("left", x <= np.median(x)), ("right", x > np.median(x))):
+        part = adata[mask].copy()
+        part.obs["sample"] = name
+        part.write_h5ad(out / f"{name}.h5ad")
+        ids.append(name)
+    return ids
+
+
+def q05_of(outdir: Path, ids: list[str]) -> pd.DataFrame:
+    tables = []
+    for s in ids:
+        t = pd.read_csv(outdir / "map_cells" / "joint" / f"{s}.q05_cell_abundance_w_sf.csv", index_col=0)
+        tables.append(t)
+    return pd.concat(tables)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import simulate
+    from metrics import evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-spots", type=int, default=1200)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--shards", default="2,4", help="shard counts to compare with the unsharded run")
+    ap.add_argument("--workdir", type=Path, default=HERE / "work")
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    a = ap.parse_args(argv)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = (a.workdir / f"sharding_{stamp}").resolve()
+    work.mkdir(parents=True)
+    panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
+    data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", a.n_spots, a.seed, panel=panel)
+    truth = pd.read_csv(data["truth"], index_col=0)
+    ids = split_sections(Path(data["spots"]), work / "data")
+    sheet = work / "samplesheet.csv"
+    sheet.write_text("sample,h5ad\n" + "".join(f"{s},{work / 'data' / f'{s}.h5ad'}\n" for s in ids))
+    env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+               NXF_ANSI_LOG="false", NXF_OFFLINE="true")
+    runs = {}
+    for count in [1] + [int(k) for k in a.shards.split(",")]:
+        name = "unsharded" if count == 1 else f"{count}_shards"
+        extra = [] if count == 1 else ["--max_locations_per_model", str(-(-a.n_spots // count))]
+        out = work / name
+        cmd = ["nextflow", "run", REPO / "main.nf", "-profile", "local", "-resume", "-work-dir", work / "nf-work",
+               "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key",
+               "sample", "--outdir", out, "--seed", a.seed, *extra]
+        res = timed_subprocess(cmd, work, work / f"{name}.log", env)
+        trace = read_trace(out)
+        maps = [{"tag": r.get("tag"), "status": r.get("status"), "realtime_s": r.get("realtime_s"),
+                 "peak_rss_gb": r.get("peak_rss_gb")} for r in trace if r["process"] == "MAP_CELLS"]
+        merge = [r for r in trace if r["process"] == "MERGE_SHARDS"]
+        q05 = q05_of(out, ids)
+        q05.index = [str(i) for i in q05.index]
+        runs[name] = {"shards": count, "wall_s": res["wall_s"], "map_cells_tasks": maps,
+                      "merge_realtime_s": merge[0]["realtime_s"] if merge else None,
+                      "metrics": evaluate(truth, q05)["overall"], "_q05": q05}
+        log(f"{name}: {len(maps)} MAP_CELLS task(s), peak RSS {[m['peak_rss_gb'] for m in maps]} GB")
+    base = runs["unsharded"]["_q05"]
+    for name, r in runs.items():
+        q = r.pop("_q05")
+        if name == "unsharded":
+            continue
+        shared = base.index.intersection(q.index)
+        per_type = {c: float(np.corrcoef(base.loc[shared, c], q.loc[shared, c])[0, 1]) for c in base.columns}
+        r["q05_pearson_with_unsharded"] = per_type
+        r["q05_pearson_median"] = float(np.median(list(per_type.values())))
+        r["q05_pearson_min"] = float(min(per_type.values()))
+        r["metric_differences"] = {m: r["metrics"][m] - runs["unsharded"]["metrics"][m] for m in METRICS}
+        r["bar_met"] = bool(r["q05_pearson_median"] >= BAR["q05_pearson_median_min"] and all(
+            abs(d) <= BAR["metric_tolerance"] for d in r["metric_differences"].values()))
+    lines = ["| run | MAP_CELLS tasks | locations per task | peak RSS per task (GB) | prop. r | RMSE | abundance r | "
+             "AUPR | q05 r with unsharded (median / min) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for name, r in runs.items():
+        m = r["metrics"]
+        rss = ", ".join(fmt(t["peak_rss_gb"], 2) for t in r["map_cells_tasks"])
+        qr = "" if name == "unsharded" else f"{r['q05_pearson_median']:.3f} / {r['q05_pearson_min']:.3f}"
+        lines.append(f"| {name} | {len(r['map_cells_tasks'])} | ~{a.n_spots // r['shards']} | {rss} | "
+                     + " | ".join(fmt(m[k]) for k in METRICS) + f" | {qr} |")
+    md = "\n".join(lines)
+    out = {"run_id": f"sharding_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"),
+           "machine": machine(), "versions": versions(), "n_spots": a.n_spots, "seed": a.seed, "sections": ids,
+           "design": data["design_summary"], "bar": BAR, "runs": runs, "table_markdown": md, "workdir": str(work)}
+    a.results.mkdir(parents=True, exist_ok=True)
+    path = a.results / f"sharding_{stamp}.json"
+    path.write_text(json.dumps(out, indent=2, default=float))
+    print(md)
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
