@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nf_helpers import STATS, assert_ok, needs_testdata, run_nf, shared, signatures_csv, stub_run, two_sections
+from nf_helpers import LYMPH_NODE, REPO, STATS, assert_ok, needs_testdata, run_nf, shared, signatures_csv, stub_run, two_sections
 from test_nf_pipeline import SHORT
 
 pytestmark = needs_testdata
@@ -35,6 +35,25 @@ def test_stub_shards_and_merges(tmp_path_factory):
     assert len(staged) == 3 * (4 + 2), staged
     assert (run.outdir / "plot_spatial" / "lymph_node").is_dir()
     assert "touch" in cmd
+
+
+def test_budget_from_the_memory_model_matches_the_python_rule(tmp_path_factory):
+    """--gpu_memory_gb sized for ~300 of the stub's 1000 locations: the workflow's shard count (Groovy) is the one
+    bin/c2lnf/memory.py gives for the same signatures."""
+    from c2lnf import memory
+
+    sig = signatures_csv(tmp_path_factory)
+    table = pd.read_csv(sig, index_col=0)
+    coef = memory.coefficients()
+    per_location = coef["gb_per_location_gene"] * table.shape[0] + coef["gb_per_location_type"] * table.shape[1]
+    budget = round(coef["base_gb"] + 300.5 * per_location, 6)
+    expected = memory.n_shards(1000, memory.max_locations(budget, table.shape[0], table.shape[1]))
+    assert expected == 4
+    run = assert_ok(run_nf(tmp_path_factory.mktemp("stub_budget"), "-stub", "--signatures", sig,
+                           "--input", REPO / "assets" / "samplesheet_test.csv", "--input_base_dir", LYMPH_NODE.parent,
+                           "--gpu_memory_gb", str(budget), profile="local"))
+    assert len(run.tasks("MAP_CELLS")) == expected
+    assert f"memory model within --gpu_memory_gb {budget}" in run.log
 
 
 def test_no_shards_within_the_budget(tmp_path_factory):
