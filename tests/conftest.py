@@ -128,6 +128,15 @@ def no_staging(outdir: Path) -> None:
     assert not left, f"leftover staging folder(s) {left}"
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test leaves open would become pyplot's current figure in the next one (cell2location's plot_QC
+    draws on it): close them after every test."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 # ---------------------------------------------------------------- data fixtures (cheap)
 
 

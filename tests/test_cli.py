@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO, TINY_REFERENCE, invoke, run_c2l
 from c2lnf.cli import cli
 
-SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "plot-spatial", "versions"]
+SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "merge-shards", "plot-spatial", "versions"]
 
 
 def test_help_lists_every_subcommand():

@@ -159,7 +159,8 @@ for pattern in declared:
             (p / "model.pt").write_text("x\\n")
             continue
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text({{".csv": "sample,value\\n%s,1\\n" % samples[0], ".json": "{{}}\\n"}}.get(p.suffix, "x\\n"))
+        # (a QC table's n_spots: the workflow sizes the mapping models from it)
+        p.write_text({{".csv": "sample,n_spots,value\\n%s,1,1\\n" % samples[0], ".json": "{{}}\\n"}}.get(p.suffix, "x\\n"))
 '''
 
 

@@ -37,6 +37,15 @@ def test_stub_shards_and_merges(tmp_path_factory):
     assert "touch" in cmd
 
 
+def test_per_sample_mode_shards_a_section_that_alone_is_too_large(tmp_path_factory):
+    run = assert_ok(run_nf(tmp_path_factory.mktemp("stub_per_sample"), "-stub", "--mapping_mode", "per_sample",
+                           "--max_locations_per_model", "600"))
+    assert sorted(r["tag"] for r in run.tasks("MAP_CELLS")) == ["lymph_node shard-1-of-2", "lymph_node shard-2-of-2"]
+    assert [r["tag"] for r in run.tasks("MERGE_SHARDS")] == ["lymph_node"]
+    out = run.outdir / "map_cells" / "lymph_node"
+    assert (out / "lymph_node.cell2location.h5ad").exists() and (out / "shards").is_dir()
+
+
 def test_budget_from_the_memory_model_matches_the_python_rule(tmp_path_factory):
     """--gpu_memory_gb sized for ~300 of the stub's 1000 locations: the workflow's shard count (Groovy) is the one
     bin/c2lnf/memory.py gives for the same signatures."""

@@ -181,3 +181,14 @@ def test_bad_shard_option_is_refused(value, ln_halves, signatures_csv, tmp_path)
     result = invoke("map-cells", "--section", f"ln_left={ln_halves['ln_left']}", "--signatures", signatures_csv,
                     "--shard", value, "--outdir", tmp_path / "out", expect=None)
     assert result.exit_code == 2 and "--shard" in result.output
+
+
+def test_minibatch_mapping(ln_halves, signatures_csv, tmp_path):
+    """--batch-size: the model trains in minibatches (Trace_ELBO: JIT needs one fixed shape) and says so."""
+    out = tmp_path / "mini"
+    invoke("map-cells", "--section", f"ln_left={ln_halves['ln_left']}", "--signatures", signatures_csv,
+           "--batch-size", "200", *TINY_MAPPING, "--seed", "0", "--outdir", out, "--prefix", "mini")
+    summary = json.loads((out / "mini_training.json").read_text())
+    assert summary["model"]["batch_size"] == 200 and summary["epochs"] == 20
+    table = pd.read_csv(out / "ln_left.q05_cell_abundance_w_sf.csv", index_col=0)
+    assert len(table) == summary["model"]["n_locations"] > 200 and np.isfinite(table.to_numpy()).all()
