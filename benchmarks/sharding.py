@@ -8,6 +8,7 @@ sharded run the per-cell-type Pearson r of q05 with the unsharded run, both sets
 peak RSS and time of every MAP_CELLS task (from the trace). Writes benchmarks/results/sharding_<stamp>.json.
 
     .venv/bin/python benchmarks/sharding.py [--n-spots 1200] [--seed 2]
+    .venv/bin/python benchmarks/sharding.py --memory 20000x3000x34   # peak RSS per task at 1, 2, 4 shards
 """
 
 from __future__ import annotations
@@ -54,11 +55,37 @@ def q05_of(outdir: Path, ids: list[str]) -> pd.DataFrame:
     return pd.concat(tables)
 
 
+def memory_per_task(size: str, counts: list[int], epochs: int, work: Path) -> list[dict]:
+    """Peak RSS of one map-cells task (the first shard) at each shard count, on synthetic data of `size` (NxGxT)."""
+    from memory_model import draw
+
+    n, g, t = (int(x) for x in size.split("x"))
+    spots, sig = draw(work / "data", n, g, t)
+    env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+               MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
+    rows = []
+    for count in counts:
+        out = work / f"shards_{count}"
+        shard = [] if count == 1 else ["--shard", f"1/{count}"]
+        cmd = [REPO / "bin" / "c2l", "map-cells", "--section", f"sim={spots}", "--signatures", sig, *shard,
+               "--max-epochs", epochs, "--min-epochs", 1, "--no-early-stop", "--threads", 1, "--device", "cpu",
+               "--outdir", out, "--prefix", "m"]
+        res = timed_subprocess(cmd, work, work / f"shards_{count}.log", env)
+        summary = json.loads((out / "m_training.json").read_text())
+        rows.append({"shards": count, "locations": summary["model"]["n_locations"], "peak_rss_gb": res["peak_rss_gb"],
+                     "estimate_gb": summary["memory_estimate_gb"], "seconds_per_epoch": summary["seconds_per_epoch"]})
+        log(f"{count} shard(s): {rows[-1]}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     import simulate
     from metrics import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--memory", metavar="NxGxT", default=None,
+                    help="only measure the peak RSS of one map-cells task at 1, 2, 4 shards on synthetic data of "
+                         "this size (no Nextflow); e.g. 20000x3000x34")
     ap.add_argument("--n-spots", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--shards", default="2,4", help="shard counts to compare with the unsharded run")
@@ -68,6 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = (a.workdir / f"sharding_{stamp}").resolve()
     work.mkdir(parents=True)
+    if a.memory:
+        rows = memory_per_task(a.memory, [1, 2, 4], 5, work)
+        a.results.mkdir(parents=True, exist_ok=True)
+        path = a.results / f"sharding_memory_{stamp}.json"
+        path.write_text(json.dumps({"run_id": f"sharding_memory_{stamp}", "size": a.memory, "machine": machine(),
+                                    "versions": versions(), "epochs": 5, "tasks": rows}, indent=2))
+        print("| shards | locations per task | peak RSS (GB) | estimate (GB) |\n|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['shards']} | {r['locations']} | {r['peak_rss_gb']:.2f} | {r['estimate_gb']} |")
+        print(f"JSON: {path}")
+        return
     panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
     data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", a.n_spots, a.seed, panel=panel)
     truth = pd.read_csv(data["truth"], index_col=0)
