@@ -21,6 +21,9 @@ from .training import Plan, Setup, Trained, train_and_export
 
 LOG = logging.getLogger("c2l.map_cells")
 STATS = ("means", "stds", "q05", "q95")
+#: locations x genes from which glibc's heap is kept from retaining freed tensors (runtime.limit_heap_retention):
+#: 16 MB float32 tensors, where the retention costs GBs and a fresh mmap per tensor costs nothing measurable
+HEAP_LIMIT_MIN_ELEMENTS = 4_000_000
 
 
 def read_signatures(path: Path) -> pd.DataFrame:
@@ -134,6 +137,10 @@ def map_cells(
             detection_alpha=alpha_arg,
         )
 
+    if combined.n_obs * len(genes) >= HEAP_LIMIT_MIN_ELEMENTS:
+        from .runtime import limit_heap_retention
+
+        limit_heap_retention()
     estimate = memory.estimate_gb(combined.n_obs, len(genes), signatures.shape[1])
     LOG.info("mapping %d section(s): %d spots x %d shared genes x %d cell types, at most %d epochs %s, %s; "
              "estimated peak memory %s", len(sections), combined.n_obs, len(genes), signatures.shape[1],
