@@ -76,7 +76,7 @@ def merge_section(section: ad.AnnData, sample: str, tables: dict[str, pd.DataFra
     return out, ordered
 
 
-def plot_shard_histories(histories: dict[str, pd.DataFrame], stops: dict[str, dict], path: Path, title: str) -> Path:
+def plot_shard_histories(histories: dict[str, pd.DataFrame], stops: dict[str, str], path: Path, title: str) -> Path:
     """-ELBO per epoch of every shard in one figure (first 10 % of each left out), where each stopped."""
     import matplotlib.pyplot as plt
 
