@@ -15,6 +15,8 @@ Settings (environment variables; defaults in brackets):
   GPU_CHECK_SPOTS [4000]   GPU_CHECK_REF_EPOCHS [12]  GPU_CHECK_MAP_EPOCHS [400]
   GPU_CHECK_DEVICE [cuda]  (cpu for a dry run)     GPU_CHECK_BUDGET_S [450] (whole script, from GPU_CHECK_T0)
   GPU_CHECK_VARIANTS [pipeline,tutorial]  GPU_CHECK_WORK [/tmp/gpu_check_work]  GPU_CHECK_SEED [0]
+  GPU_CHECK_MEMORY_SHARDS [2,4]  GPU_CHECK_MEMORY_EPOCHS [30]: map-cells --shard 1/K after the four runs, for
+  peak GPU memory against the memory model at fewer locations (issue 10), while time is left
   GPU_CHECK_MISSING_FLAG [skip]: what to do when the CLI lacks a variant's option: `skip` the variant
   (recorded in the JSON), or `run` it with the CLI's current defaults (labelled as such; for dry runs).
 """
@@ -62,6 +64,9 @@ SEED = _env_int("GPU_CHECK_SEED", 0)
 VARIANTS = [v.strip() for v in os.environ.get("GPU_CHECK_VARIANTS", "pipeline,tutorial").split(",") if v.strip()]
 MISSING_FLAG = os.environ.get("GPU_CHECK_MISSING_FLAG", "skip")
 WORK = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/gpu_check_work"))
+# issue 10: shards 1/K of the section, a few epochs each, for peak GPU memory against the memory model
+MEMORY_SHARDS = [int(k) for k in os.environ.get("GPU_CHECK_MEMORY_SHARDS", "2,4").split(",") if k.strip()]
+MEMORY_EPOCHS = _env_int("GPU_CHECK_MEMORY_EPOCHS", 30)
 
 # the tutorial's full runs, for the extrapolation
 TUTORIAL_EPOCHS = {"ref": 250, "map": 30000}
@@ -559,7 +564,32 @@ def main() -> int:
             res["note"] = "killed at its time limit: per-epoch numbers come from the progress lines written before"
         save()
 
-    # 6. one line per run
+    # 6. issue 10: peak GPU memory against the memory model, at smaller location counts (shards of the same section)
+    RESULT["memory_scan"] = scan = []
+    sig = next((WORK / s / "signatures.csv" for s in ("ref_pipeline", "ref_tutorial")
+                if (WORK / s / "signatures.csv").exists()), WORK / "fallback_signatures.csv")
+    for count in MEMORY_SHARDS:
+        entry = {"shard": f"1/{count}", "epochs": MEMORY_EPOCHS}
+        scan.append(entry)
+        if not section.exists() or not sig.exists() or time_left() < MIN_STEP_S + 10:
+            entry.update(status="skipped", reason="no section/signatures, or no time left")
+            save()
+            continue
+        outdir = WORK / f"memory_{count}"
+        shutil.rmtree(outdir, ignore_errors=True)
+        cmd = [sys.executable, C2L, "map-cells", "--section", f"sim={section}", "--signatures", sig, "--prefix", "mem",
+               "--max-epochs", MEMORY_EPOCHS, "--device", DEVICE, "--seed", SEED, "--log-every", MEMORY_EPOCHS,
+               "--shard", f"1/{count}", "--no-early-stop", "--outdir", outdir]
+        entry.update(run_step(f"memory_1_of_{count}", cmd, time_left() - 5, LOGFILE))
+        found = sorted(outdir.glob("*_training.json"))
+        if found:
+            js = json.loads(found[0].read_text())
+            entry.update({k: js.get(k) for k in ("memory_estimate_gb", "peak_gpu_memory_gb", "seconds_per_epoch")})
+            entry["model"] = js.get("model")
+            entry["shard_info"] = js.get("shard")
+        save()
+
+    # 7. one line per run
     RESULT["summary"] = {
         name: {k: r.get(k) for k in ("status", "reason", "ms_per_epoch_used", "ms_per_epoch_source", "epochs",
                                      "train_seconds", "export", "export_seconds", "peak_gpu_memory_gb",
