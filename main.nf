@@ -13,6 +13,7 @@
 nextflow.enable.dsl = 2
 
 include { CELL2LOCATION   } from './workflows/cell2location'
+include { MULTIQC         } from './modules/local/multiqc/main'
 include { readSamplesheet } from './subworkflows/local/samplesheet'
 
 def helpMessage() {
@@ -138,15 +139,31 @@ workflow {
         .collectFile(name: 'qc_summary.csv', keepHeader: true, skip: 1, sort: true)
         .subscribe { summary -> qcSummary.parent.mkdirs(); summary.copyTo(qcSummary) }
 
-    CELL2LOCATION.out.versions
+    def ch_versions_file = CELL2LOCATION.out.versions
         .unique()
         .collectFile(name: 'software_versions.yml', sort: true, newLine: false,
                      storeDir: "${params.outdir}/pipeline_info")
+
+    // one MultiQC report of the run (docs/output.md, multiqc/)
+    def plainParams = params.collectEntries { k, v ->
+        [k, (v == null || v instanceof Number || v instanceof Boolean) ? v : v.toString()]
+    }
+    def ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(plainParams)))
+        .collectFile(name: 'params.json', newLine: true)
+    MULTIQC(
+        CELL2LOCATION.out.report_sections.collect().ifEmpty([]),
+        CELL2LOCATION.out.report_reference.collect().ifEmpty([]),
+        CELL2LOCATION.out.report_models.collect().ifEmpty([]),
+        CELL2LOCATION.out.figures.map { meta, f -> f }.collect().ifEmpty([]),
+        ch_versions_file,
+        ch_params_file,
+        rows.collect { it[0].id },
+    )
 }
 
 workflow.onComplete {
     if (workflow.success) {
-        log.info "cell2location-nf finished: results in ${params.outdir} (plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
+        log.info "cell2location-nf finished: results in ${params.outdir} (multiqc/multiqc_report.html, plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
     } else {
         log.error "cell2location-nf failed: see the error above and ${params.outdir}/pipeline_info/"
     }

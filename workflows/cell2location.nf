@@ -97,6 +97,16 @@ workflow CELL2LOCATION {
     models       = MAP_CELLS.out.model
     figures      = PLOT_SPATIAL.out.abundance.mix(PLOT_SPATIAL.out.overlay, PLOT_SPATIAL.out.proportions)
     versions     = ch_versions
+    // what the run report reads (files only): section QC, reference QC and training, each model's summary and
+    // -ELBO (a sharded model's merged ones)
+    report_sections  = READ_VISIUM.out.qc.map { meta, f -> f }
+    report_reference = FILTER_REFERENCE.out.genes
+        .mix(TRAIN_REFERENCE.out.summary, TRAIN_REFERENCE.out.history)
+        .map { meta, f -> f }
+    report_models    = MAP_CELLS.out.summary.mix(MAP_CELLS.out.history)
+        .filter { meta, f -> !meta.shard }
+        .mix(MERGE_SHARDS.out.summary, MERGE_SHARDS.out.history)
+        .map { meta, f -> f }
 }
 
 /*

@@ -341,6 +341,38 @@ def plot_spatial_cmd(section, sample, overlay_cell_types, n_overlay, prefix, out
     run(section, sample, overlay_cell_types, n_overlay, outdir, prefix or sample)
 
 
+def _folder(ctx, param, value):
+    if value is not None and not value.is_dir():
+        return None  # absent input (a step that did not run): reported as missing
+    return value
+
+
+@cli.command("report")
+@click.option("--sections", type=click.Path(path_type=Path), default=None, callback=_folder,
+              help="Folder with READ_VISIUM's <sample>.qc.csv.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None, callback=_folder,
+              help="Folder with reference_genes.csv, reference_training.json, reference_history.csv (any of them).")
+@click.option("--models", type=click.Path(path_type=Path), default=None, callback=_folder,
+              help="Folder with each mapping model's <run>_training.json and <run>_history.csv.")
+@click.option("--figures", type=click.Path(path_type=Path), default=None, callback=_folder,
+              help="Folder with PLOT_SPATIAL's PNGs.")
+@click.option("--versions", "versions_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="software_versions.yml of the run.")
+@click.option("--params", "params_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The run's parameters as JSON.")
+@click.option("--expected-sections", default=None, callback=_csv_list,
+              help="Comma-separated section ids of the run: those without results are named in the report.")
+@click.option("--title", default="cell2location-nf", show_default=True, help="The report's title.")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the MultiQC custom content, multiqc_config.yaml and verdicts.json.")
+@domain_errors
+def report_cmd(sections, reference, models, figures, versions_file, params_json, expected_sections, title, outdir):
+    """MultiQC custom content for one run: QC tables, PASS/WARN/FAIL verdicts per model, -ELBO curves, maps."""
+    from .report import run
+
+    run(sections, reference, models, figures, versions_file, params_json, expected_sections or [], outdir, title)
+
+
 @cli.command("versions")
 @click.option("--process", default="C2L", show_default=True, help="Process name used as the YAML key.")
 def versions_cmd(process):

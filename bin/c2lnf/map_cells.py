@@ -75,6 +75,21 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
     return genes
 
 
+def gene_overlap(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> dict[str, dict]:
+    """Per section, for the run report: its genes, those it shares with the signatures (exactly and ignoring
+    letter case) and whether each side looks like Ensembl ids."""
+    sig = set(map(str, signatures.index))
+    sig_upper = {g.upper() for g in sig}
+    out = {}
+    for sample, adata in sections.items():
+        names = set(map(str, adata.var_names))
+        out[sample] = {"n_genes": len(names), "n_signature_genes": len(sig), "shared": len(sig & names),
+                       "shared_ignoring_case": len(sig_upper & {g.upper() for g in names}),
+                       "section_ensembl": bool(looks_ensembl(adata.var_names)),
+                       "signatures_ensembl": bool(looks_ensembl(signatures.index))}
+    return out
+
+
 def combine_sections(sections: dict[str, ad.AnnData], genes: pd.Index) -> ad.AnnData:
     """One AnnData of all sections over the shared genes, `obs['sample']` as the batch."""
     parts = []
@@ -242,7 +257,8 @@ def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float
     params = combined.uns["c2l_params"]
     extra = {"model": {k: params[k] for k in ("n_locations", "n_shared_genes", "n_cell_types", "batch_size",
                                               "n_cells_per_location", "detection_alpha")},
-             "memory_estimate_gb": params["memory_estimate_gb"], "shard": shard_info}
+             "memory_estimate_gb": params["memory_estimate_gb"], "shard": shard_info,
+             "gene_overlap": gene_overlap(loaded, sig)}
     tag = "" if shard is None else f".{shard_tag(*shard)}"
     with staged_outputs(outdir) as out:
         for sample, section in loaded.items():

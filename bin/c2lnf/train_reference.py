@@ -55,6 +55,21 @@ def signatures(adata: ad.AnnData) -> pd.DataFrame:
     return table
 
 
+def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> dict:
+    """For the run report: cells per type and, per type, the Pearson r of log1p(signature) with log1p(the
+    type's mean counts per cell) over the signatures' genes (plot_QC's "signatures vs per-cluster averages")."""
+    from .report import signature_agreement
+
+    labels = adata.obs[labels_key].astype(str)
+    try:
+        agreement = signature_agreement(adata, labels, sig)
+    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training
+        LOG.warning("signature agreement not computed: %s", exc)
+        agreement = {}
+    return {"cells_per_type": {k: int(v) for k, v in labels.value_counts().sort_index().items()},
+            "signature_agreement": agreement}
+
+
 def plot_reference_qc(model, path) -> None:
     """plot_QC on 1000 cells; if that subsample misses a covariate level (upstream #74), on all cells."""
     from .training import plot_qc
@@ -84,7 +99,8 @@ def run(reference: Path, labels_key: str, batch_key: str | None, categorical_cov
     with staged_outputs(outdir) as out:
         signatures(adata).to_csv(out.path("signatures.csv"))
         history.to_csv(out.path(f"{prefix}_history.csv"), index=False)
-        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"))
+        write_summary(trained, history, setup.device, out.path(f"{prefix}_training.json"),
+                      reference_checks(adata, labels_key, signatures(adata)))
         plot_history(trained.model, out.path(f"{prefix}_history.png"), skip=20, title="reference regression model",
                      monitor=trained.monitor)
         plot_reference_qc(trained.model, out.path(f"{prefix}_qc.png"))

@@ -17,6 +17,7 @@ PACKAGES = {
     "pandas": "pandas",
     "matplotlib": "matplotlib",
     "click": "click",
+    "multiqc": "multiqc",
 }
 CUDA_PACKAGES = ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12")
 
@@ -37,6 +38,7 @@ STEP_PACKAGES = {
     "MAP_CELLS": TRAINING,
     "MERGE_SHARDS": ("anndata", "numpy", "pandas", "matplotlib", "click"),
     "PLOT_SPATIAL": ("scanpy", "anndata", "numpy", "pandas", "matplotlib", "click"),
+    "REPORT": ("multiqc", "anndata", "numpy", "pandas", "click"),
 }
 
 

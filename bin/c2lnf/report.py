@@ -1,0 +1,459 @@
+"""Step `report`: what a user needs to judge a run, as MultiQC custom content (one report per run).
+
+Reads what the other steps wrote (staged by the REPORT process into folders, so that names cannot collide):
+
+- `sections/`: READ_VISIUM's `<sample>.qc.csv`;
+- `reference/`: FILTER_REFERENCE's `reference_genes.csv`, TRAIN_REFERENCE's `reference_training.json` (with
+  cells per type and signature agreement) and `reference_history.csv`;
+- `models/`: every mapping model's `<run>_training.json` (with each section's gene overlap) and
+  `<run>_history.csv` (unsharded or merged);
+- `figures/`: PLOT_SPATIAL's PNGs; `versions.yml` and `params.json`.
+
+Writes into `outdir` the custom-content files MultiQC turns into sections (`*_mqc.yaml`, `*_mqc.png`,
+`software_mqc_versions.yml`), `multiqc_config.yaml` (title, order, no network) and `verdicts.json`: for each model
+whether it converged, its reconstruction accuracy and, for the reference, how well its signatures agree with
+the per-type means of the data, each PASS / WARN / FAIL against the thresholds in `THRESHOLDS` (documented in
+docs/output.md with the runs they were chosen from). Whatever is missing (a step that failed or was skipped) is
+reported as missing; the report is still written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import C2LError
+
+LOG = logging.getLogger("c2l.report")
+
+#: PASS at or beyond `pass`, WARN at or beyond `warn`, else FAIL. `higher` says which way is better.
+THRESHOLDS = {
+    # |relative change of the -ELBO over the last 10 % of epochs|; converged runs measured 1.8e-4 - 2.1e-4, a
+    # 12-epoch reference (far from converged) 1.5e-2
+    "elbo_flatness": {"pass": 1e-3, "warn": 1e-2, "higher": False},
+    # Pearson r of log1p(observed) vs log1p(posterior expected counts), plot_QC's reconstruction panel;
+    # converged models measured 0.75 - 0.91 (simulation, tutorial shapes on a GPU, lymph node test data), the
+    # 12-epoch reference 0.65
+    "reconstruction_r_log1p": {"pass": 0.7, "warn": 0.5, "higher": True},
+    # median over cell types of the Pearson r between log1p(signature) and log1p(per-type mean counts per cell
+    # scaled to the signature's total), plot_QC's second panel
+    "signature_r": {"pass": 0.8, "warn": 0.6, "higher": True},
+    # genes shared between a section and the signatures
+    "shared_genes": {"pass": 200, "warn": 50, "higher": True},
+    # cells of the least represented type in the filtered reference
+    "min_cells_per_type": {"pass": 20, "warn": 5, "higher": True},
+}
+
+STATUS_COLOURS = {"PASS": "#5cb85c", "WARN": "#f0ad4e", "FAIL": "#d9534f", "MISSING": "#999999"}
+
+
+def grade(value: float | None, name: str) -> str:
+    """PASS / WARN / FAIL of `value` against THRESHOLDS[name]; MISSING when there is no value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "MISSING"
+    t = THRESHOLDS[name]
+    if t["higher"]:
+        return "PASS" if value >= t["pass"] else "WARN" if value >= t["warn"] else "FAIL"
+    return "PASS" if value <= t["pass"] else "WARN" if value <= t["warn"] else "FAIL"
+
+
+def worst(statuses: list[str]) -> str:
+    order = ["FAIL", "MISSING", "WARN", "PASS"]
+    return min(statuses, key=order.index) if statuses else "MISSING"
+
+
+# ---------------------------------------------------------------- reading what the steps wrote
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        LOG.warning("report: cannot read %s (%s)", path, exc)
+        return None
+
+
+def section_qc(sections: Path | None) -> pd.DataFrame:
+    rows = []
+    for path in sorted(sections.glob("*.qc.csv")) if sections else []:
+        table = pd.read_csv(path)
+        rows.append(table.iloc[0].to_dict())
+    return pd.DataFrame(rows).set_index("sample") if rows else pd.DataFrame()
+
+
+def gene_overlap(runs: list[dict]) -> pd.DataFrame:
+    """Per section (from its mapping model's training JSON): genes, genes shared with the signatures (count, % of
+    the signatures), and a hint when the overlap is low because one side uses Ensembl ids and the other symbols,
+    or because genes match only ignoring letter case (a human reference against a mouse section, say)."""
+    rows = []
+    for run in runs:
+        s = run["summary"] or {}
+        overlap = s.get("gene_overlap") or next((sh.get("gene_overlap") for sh in (s.get("shards") or {}).values()
+                                                 if sh.get("gene_overlap")), None) or {}
+        for sample, o in overlap.items():
+            shared = int(o["shared"])
+            hint = ""
+            if grade(shared, "shared_genes") != "PASS":
+                if o.get("section_ensembl") != o.get("signatures_ensembl"):
+                    hint = ("the section uses Ensembl ids and the reference symbols" if o.get("section_ensembl")
+                            else "the section uses symbols and the reference Ensembl ids") + \
+                        " (--reference_gene_id_column)"
+                elif o.get("shared_ignoring_case", 0) > 2 * max(shared, 1):
+                    hint = (f"{o['shared_ignoring_case']} genes match ignoring letter case: a reference of another "
+                            "species (human symbols against mouse, say)?")
+            rows.append({"sample": sample, "model": run["name"], "n_genes": int(o["n_genes"]), "shared_genes": shared,
+                         "pct_of_signature_genes": 100.0 * shared / max(1, int(o.get("n_signature_genes") or 1)),
+                         "status": grade(shared, "shared_genes"), "hint": hint})
+    return pd.DataFrame(rows).set_index("sample") if rows else pd.DataFrame()
+
+
+def reference_qc(reference: Path | None, runs: list[dict]) -> dict:
+    """Genes kept by the filter (reference_genes.csv), cells per type and signature agreement (the reference's
+    training JSON)."""
+    out: dict = {}
+    genes = reference / "reference_genes.csv" if reference else None
+    if genes is not None and genes.exists():
+        table = pd.read_csv(genes)
+        if "kept" in table:
+            out["genes_total"] = int(len(table))
+            out["genes_kept"] = int(table["kept"].astype(bool).sum())
+    summary = next((r["summary"] for r in runs if r["kind"] == "reference" and r["summary"]), None) or {}
+    if summary.get("cells_per_type"):
+        out["cells_per_type"] = summary["cells_per_type"]
+        out["min_cells_per_type"] = int(min(summary["cells_per_type"].values()))
+    if summary.get("signature_agreement"):
+        out["signature_r"] = summary["signature_agreement"]
+    return out
+
+
+def signature_agreement(adata, labels: pd.Series, sig: pd.DataFrame) -> dict:
+    """Per type, the Pearson r of log1p(signature) with log1p(the type's mean counts per cell), both over the
+    signatures' genes (the tutorial's "estimated signatures vs naive per-cluster averages")."""
+    import scipy.sparse as sp
+
+    genes = [g for g in sig.index.astype(str) if g in set(adata.var_names)]
+    if not genes:
+        return {}
+    x = adata[:, genes].X
+    types = [t for t in sig.columns if t in set(labels)]
+    onehot = sp.csr_matrix((np.ones(len(labels)), (pd.Categorical(labels, categories=types).codes, np.arange(len(labels)))),
+                           shape=(len(types), len(labels))) if types else None
+    if onehot is None:
+        return {}
+    keep = np.asarray(pd.Categorical(labels, categories=types).codes) >= 0
+    onehot = onehot[:, keep] if not keep.all() else onehot
+    xs = x[keep] if not keep.all() else x
+    sums = onehot @ xs
+    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=float)
+    n = np.asarray(onehot.sum(axis=1)).ravel()
+    means = sums / n[:, None]
+    r = {}
+    for i, t in enumerate(types):
+        a, b = np.log1p(sig.loc[genes, t].to_numpy(float)), np.log1p(means[i])
+        r[t] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return r
+
+
+def training_runs(reference: Path | None, models: Path | None) -> list[dict]:
+    """One dict per trained model: name, summary JSON, history frame (may be None)."""
+    runs = []
+    if reference and (reference / "reference_training.json").exists():
+        runs.append({"name": "reference", "kind": "reference", "summary": _read_json(reference / "reference_training.json"),
+                     "history": _history(reference / "reference_history.csv")})
+    for path in sorted(models.glob("*_training.json")) if models else []:
+        name = path.name[: -len("_training.json")]
+        runs.append({"name": name, "kind": "mapping", "summary": _read_json(path),
+                     "history": _history(models / f"{name}_history.csv")})
+    return runs
+
+
+def _history(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    return pd.read_csv(path)
+
+
+def converged_status(summary: dict) -> tuple[str, str]:
+    """Converged? PASS when the stopping rule fired (or, with fixed epochs, the -ELBO is flat), else graded on
+    the flatness of the last 10 % of epochs."""
+    reason = str(summary.get("stop_reason") or "")
+    flat = summary.get("elbo_relative_change_last_10pct")
+    flat = abs(float(flat)) if flat is not None else None
+    if summary.get("n_shards"):  # merged shards: every shard must have converged
+        shards = summary.get("shards") or {}
+        states = [converged_status(s)[0] for s in shards.values()] or ["MISSING"]
+        return worst(states), f"{sum(s == 'PASS' for s in states)}/{len(states)} shards converged"
+    if reason.startswith("converged"):
+        return "PASS", f"stopped by the rule at epoch {summary.get('stopped_epoch')}"
+    status = grade(flat, "elbo_flatness")
+    text = reason or "fixed epochs"
+    if flat is not None:
+        text += f"; -ELBO changed {flat:.1e} over the last 10 % of epochs"
+    return status, text
+
+
+def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
+    rows = []
+    for run in runs:
+        s = run["summary"] or {}
+        conv, conv_text = converged_status(s) if s else ("MISSING", "no training summary")
+        recon = s.get("reconstruction") or {}
+        if s.get("n_shards"):
+            vals = [((sh.get("reconstruction") or {}).get("pearson_r_log1p")) for sh in (s.get("shards") or {}).values()]
+            vals = [v for v in vals if v is not None]
+            r = min(vals) if vals else None
+        else:
+            r = recon.get("pearson_r_log1p")
+        row = {"model": run["name"], "kind": run["kind"], "converged": conv, "convergence": conv_text,
+               "reconstruction_r_log1p": r, "reconstruction": grade(r, "reconstruction_r_log1p")}
+        if run["kind"] == "reference":
+            sr = [v for v in (ref.get("signature_r") or {}).values() if v == v]
+            med = float(np.median(sr)) if sr else None
+            row["signature_r_median"] = med
+            row["signature_agreement"] = grade(med, "signature_r")
+        statuses = [row["converged"], row["reconstruction"]] + ([row["signature_agreement"]] if "signature_agreement" in row else [])
+        row["verdict"] = worst(statuses)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- writing MultiQC custom content
+
+
+def _yaml(path: Path, content: dict) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
+
+
+def _clean(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else round(float(value), 4)
+    return value
+
+
+def _table(df: pd.DataFrame) -> dict:
+    return {str(i): {str(k): _clean(v) for k, v in row.items()} for i, row in df.iterrows()}
+
+
+def _section_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name)
+
+
+def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: dict, runs: list[dict],
+                  verdicts: list[dict], figures: Path | None, versions: Path | None, params: dict | None,
+                  expected_sections: list[str]) -> list[str]:
+    """The custom-content files; returns the section ids in report order."""
+    order = []
+
+    # 1. verdicts
+    missing_sections = [s for s in expected_sections if s not in qc.index]
+    summary = {"run_verdict": worst([v["verdict"] for v in verdicts] + (["MISSING"] if missing_sections else [])),
+               "models": verdicts, "missing_sections": missing_sections, "thresholds": THRESHOLDS}
+    headers = {
+        "kind": {"title": "Model"},
+        "verdict": {"title": "Verdict", "description": "the worst of the checks of this model"},
+        "converged": {"title": "Converged", "description": "the stopping rule fired, or the -ELBO changed "
+                      f"<= {THRESHOLDS['elbo_flatness']['pass']:g} (PASS) / <= {THRESHOLDS['elbo_flatness']['warn']:g} "
+                      "(WARN) over the last 10 % of epochs"},
+        "convergence": {"title": "Why"},
+        "reconstruction_r_log1p": {"title": "Reconstruction r", "format": "{:,.3f}", "min": 0, "max": 1,
+                                   "description": "Pearson r of log1p(observed) vs log1p(expected counts); PASS >= "
+                                   f"{THRESHOLDS['reconstruction_r_log1p']['pass']}, WARN >= {THRESHOLDS['reconstruction_r_log1p']['warn']}"},
+        "reconstruction": {"title": "Reconstruction"},
+        "signature_r_median": {"title": "Signature r", "format": "{:,.3f}", "min": 0, "max": 1,
+                               "description": "median over types of r(log1p signature, log1p per-type mean); PASS >= "
+                               f"{THRESHOLDS['signature_r']['pass']}, WARN >= {THRESHOLDS['signature_r']['warn']}"},
+        "signature_agreement": {"title": "Signatures"},
+    }
+    table = {v["model"]: {k: _clean(v.get(k)) for k in headers if k in v} for v in verdicts}
+    _yaml(outdir / "c2l_verdicts_mqc.yaml", {
+        "id": "c2l_verdicts", "section_name": "Verdicts",
+        "description": f"Run verdict: <strong>{summary['run_verdict']}</strong>. One row per trained model: did it "
+                       "converge, does it reproduce the data, do the reference signatures agree with the per-type "
+                       "means (thresholds in docs/output.md)."
+                       + (f" Sections without results: {', '.join(missing_sections)}." if missing_sections else ""),
+        "plot_type": "table", "pconfig": {"id": "c2l_verdicts_table", "title": "cell2location-nf: verdicts",
+                                          "col1_header": "Model", "no_violin": True},
+        "headers": headers, "data": table or {"(no model trained)": {"verdict": "MISSING"}},
+    })
+    order.append("c2l_verdicts")
+    (outdir / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+
+    # 2. sections
+    if not qc.empty:
+        cols = {"n_spots": "Spots", "n_spots_dropped": "Spots dropped", "n_genes": "Genes",
+                "median_umis_per_spot": "Median UMIs / spot", "median_genes_per_spot": "Median genes / spot",
+                "mean_mt_fraction": "Mean MT fraction", "n_mt_genes": "MT genes", "total_umis": "UMIs"}
+        q = qc[[c for c in cols if c in qc]]
+        _yaml(outdir / "c2l_sections_mqc.yaml", {
+            "id": "c2l_sections", "section_name": "Sections", "plot_type": "table",
+            "description": "READ_VISIUM: one row per section (read_visium/qc_summary.csv).",
+            "pconfig": {"id": "c2l_sections_table", "title": "Sections", "col1_header": "Section"},
+            "headers": {c: {"title": cols[c]} for c in q.columns}, "data": _table(q)})
+        order.append("c2l_sections")
+    if not overlap.empty:
+        _yaml(outdir / "c2l_gene_overlap_mqc.yaml", {
+            "id": "c2l_gene_overlap", "section_name": "Gene overlap", "plot_type": "table",
+            "description": "Genes shared by each section and the reference signatures (the genes the mapping model "
+                           f"uses); PASS >= {THRESHOLDS['shared_genes']['pass']}, WARN >= {THRESHOLDS['shared_genes']['warn']}.",
+            "pconfig": {"id": "c2l_gene_overlap_table", "title": "Gene overlap", "col1_header": "Section"},
+            "headers": {"n_genes": {"title": "Section genes"}, "shared_genes": {"title": "Shared"},
+                        "pct_of_signature_genes": {"title": "% of signature genes", "suffix": "%", "max": 100,
+                                                   "format": "{:,.1f}"},
+                        "status": {"title": "Status"}, "hint": {"title": "Hint"}},
+            "data": _table(overlap)})
+        order.append("c2l_gene_overlap")
+
+    # 3. reference
+    if ref.get("cells_per_type"):
+        _yaml(outdir / "c2l_reference_cells_mqc.yaml", {
+            "id": "c2l_reference_cells", "section_name": "Reference: cells per type", "plot_type": "bargraph",
+            "description": (f"Filtered reference: {ref.get('genes_kept', '?')} of {ref.get('genes_total', '?')} genes "
+                            f"kept by the gene filter; least represented type {ref['min_cells_per_type']} cells "
+                            f"({grade(ref['min_cells_per_type'], 'min_cells_per_type')}: PASS >= "
+                            f"{THRESHOLDS['min_cells_per_type']['pass']}, WARN >= {THRESHOLDS['min_cells_per_type']['warn']})."),
+            "pconfig": {"id": "c2l_reference_cells_plot", "title": "Cells per type", "ylab": "cells",
+                        "cpswitch": False},
+            "data": {t: {"cells": n} for t, n in ref["cells_per_type"].items()}})
+        order.append("c2l_reference_cells")
+    if ref.get("signature_r"):
+        _yaml(outdir / "c2l_signature_agreement_mqc.yaml", {
+            "id": "c2l_signature_agreement", "section_name": "Reference: signatures vs per-type means",
+            "plot_type": "bargraph",
+            "description": "Per type, Pearson r of log1p(estimated signature) with log1p(the type's mean counts per "
+                           "cell): low values point at a type whose signature the batch/covariate model changed a "
+                           "lot, or at too few cells.",
+            "pconfig": {"id": "c2l_signature_agreement_plot", "title": "Signature agreement", "ymax": 1, "ymin": 0,
+                        "ylab": "Pearson r", "cpswitch": False},
+            "data": {t: {"r": _clean(v)} for t, v in ref["signature_r"].items()}})
+        order.append("c2l_signature_agreement")
+
+    # 4. training: ELBO curves and a table
+    curves = {}
+    for run in runs:
+        h = run["history"]
+        if h is None or "elbo_train" not in h:
+            continue
+        parts = h.groupby("shard") if "shard" in h else [(None, h)]
+        for shard, part in parts:
+            y = part["elbo_train"].to_numpy(float)
+            x = np.arange(1, len(y) + 1)
+            skip = max(1, len(y) // 10)  # the first 10 %: the steep start hides the plateau
+            step = max(1, (len(y) - skip) // 500)  # at most ~500 points a curve
+            name = run["name"] if shard is None else f"{run['name']} shard {shard}"
+            curves[name] = {int(a): float(b) for a, b in zip(x[skip::step], y[skip::step]) if math.isfinite(b)}
+    if curves:
+        _yaml(outdir / "c2l_elbo_mqc.yaml", {
+            "id": "c2l_elbo", "section_name": "Training: -ELBO", "plot_type": "linegraph",
+            "description": "-ELBO per epoch of every model (the first 10 % of epochs left out); it should flatten.",
+            "pconfig": {"id": "c2l_elbo_plot", "title": "-ELBO per epoch", "xlab": "epoch", "ylab": "-ELBO",
+                        "logswitch": True},
+            "data": curves})
+        order.append("c2l_elbo")
+    trows = {}
+    for run in runs:
+        s = run["summary"] or {}
+        trows[run["name"]] = {k: _clean(s.get(k)) for k in ("epochs", "stopped_epoch", "train_seconds", "export_seconds",
+                                                             "device", "peak_gpu_memory_gb", "memory_estimate_gb",
+                                                             "n_shards")}
+        trows[run["name"]]["stop_reason"] = s.get("stop_reason")
+    if trows:
+        _yaml(outdir / "c2l_training_mqc.yaml", {
+            "id": "c2l_training", "section_name": "Training: time and device", "plot_type": "table",
+            "description": "From each model's training JSON (train_reference/, map_cells/<run>/).",
+            "pconfig": {"id": "c2l_training_table", "title": "Training", "col1_header": "Model"},
+            "headers": {"epochs": {"title": "Epochs"}, "stopped_epoch": {"title": "Stopped at"},
+                        "stop_reason": {"title": "Why"}, "train_seconds": {"title": "Training (s)"},
+                        "export_seconds": {"title": "Export (s)"}, "device": {"title": "Device"},
+                        "peak_gpu_memory_gb": {"title": "Peak GPU memory (GB)"},
+                        "memory_estimate_gb": {"title": "Memory estimate (GB)"}, "n_shards": {"title": "Shards"}},
+            "data": trows})
+        order.append("c2l_training")
+
+    # 5. maps
+    for png in sorted(figures.glob("*.png")) if figures else []:
+        kind = next((k for k in ("q05_abundance", "overlay", "proportions") if png.name.endswith(f".{k}.png")), None)
+        if kind is None:
+            continue
+        sample = png.name[: -len(f".{kind}.png")]
+        sid = _section_id(f"c2l_map_{sample}_{kind}")
+        shutil.copyfile(png, outdir / f"{sid}_mqc.png")
+        order.append(sid)
+
+    # 6. parameters and versions
+    if params:
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in sorted(params.items())
+                if v is not None and not str(k).startswith("config_profile")}
+        _yaml(outdir / "c2l_params_mqc.yaml", {
+            "id": "c2l_params", "section_name": "Parameters", "plot_type": "table",
+            "description": "The run's parameters (those given and the defaults).",
+            "pconfig": {"id": "c2l_params_table", "title": "Parameters", "col1_header": "Parameter", "no_violin": True},
+            "headers": {"value": {"title": "Value"}},
+            "data": {str(k): {"value": str(v)} for k, v in flat.items()}})
+        order.append("c2l_params")
+    if versions and versions.exists():
+        shutil.copyfile(versions, outdir / "software_mqc_versions.yml")
+    return order
+
+
+def multiqc_config(outdir: Path, order: list[str], title: str) -> Path:
+    path = outdir / "multiqc_config.yaml"
+    _yaml(path, {
+        "title": title,
+        "subtitle": "cell2location-nf run report",
+        "intro_text": "Per-section QC, the reference, every model's verdict, training curves and the maps of this run.",
+        "no_version_check": True,
+        "ai_summary": False,
+        "show_analysis_paths": False,
+        "show_analysis_time": False,
+        "report_section_order": {sid: {"order": 1000 - i} for i, sid in enumerate(order)},
+        "custom_content": {"order": order},
+        "table_cond_formatting_colours": [{"pass": STATUS_COLOURS["PASS"]}, {"warn": STATUS_COLOURS["WARN"]},
+                                          {"fail": STATUS_COLOURS["FAIL"]}],
+        "table_cond_formatting_rules": {"all_columns": {"pass": [{"s_eq": "PASS"}], "warn": [{"s_eq": "WARN"}],
+                                                        "fail": [{"s_eq": "FAIL"}, {"s_eq": "MISSING"}]}},
+    })
+    return path
+
+
+def run(sections: Path | None, reference: Path | None, models: Path | None, figures: Path | None,
+        versions: Path | None, params_json: Path | None, expected_sections: list[str], outdir: Path,
+        title: str = "cell2location-nf") -> dict:
+    """The step: gather, grade, write the custom content and the MultiQC config into `outdir`."""
+    from .runtime import staged_outputs
+
+    params = _read_json(params_json) if params_json and params_json.exists() else None
+    qc = section_qc(sections)
+    runs = training_runs(reference, models)
+    overlap = gene_overlap(runs)
+    ref = reference_qc(reference, runs)
+    verdicts = model_verdicts(runs, ref)
+    with staged_outputs(outdir) as out:
+        stage = out.stage
+        order = write_content(stage, qc, overlap, ref, runs, verdicts, figures, versions, params, expected_sections)
+        multiqc_config(stage, order, title)
+        for path in sorted(stage.iterdir()):
+            out.path(path.name)  # commit everything written into the stage
+    summary = json.loads((outdir / "verdicts.json").read_text())
+    for v in verdicts:
+        LOG.info("report: %s %s: %s (converged %s, reconstruction %s%s)", v["kind"], v["model"], v["verdict"],
+                 v["converged"], v["reconstruction"],
+                 f", signatures {v['signature_agreement']}" if "signature_agreement" in v else "")
+        if v["verdict"] in ("WARN", "FAIL", "MISSING"):
+            LOG.warning("report: model '%s' is %s: %s", v["model"], v["verdict"], v["convergence"])
+    for s, row in overlap.iterrows() if not overlap.empty else []:
+        if row["status"] != "PASS":
+            LOG.warning("report: section '%s' shares only %d genes with the signatures%s", s, row["shared_genes"],
+                        f" ({row['hint']})" if row["hint"] else "")
+    LOG.info("report: run verdict %s", summary["run_verdict"])
+    return summary

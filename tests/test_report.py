@@ -1,0 +1,169 @@
+"""The run report: `c2l report` (custom content, verdicts) and MultiQC rendering it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bin"))
+
+from c2lnf import report  # noqa: E402
+
+
+def _training(path: Path, *, stop_reason: str, flat: float, r_log1p: float | None, extra: dict | None = None,
+              epochs: int = 300) -> None:
+    summary = {"epochs": epochs, "stopped_epoch": epochs, "stop_reason": stop_reason,
+               "elbo_relative_change_last_10pct": flat, "device": "cpu", "train_seconds": 12.5,
+               "export_seconds": 0.1, "reconstruction": None if r_log1p is None else
+               {"pearson_r": 0.6, "pearson_r_log1p": r_log1p}}
+    summary.update(extra or {})
+    path.write_text(json.dumps(summary))
+
+
+def _history(path: Path, n: int = 300) -> None:
+    pd.DataFrame({"epoch": np.arange(1, n + 1), "elbo_train": 1e6 / np.arange(1, n + 1) + 5e5}).to_csv(path, index=False)
+
+
+def _overlap(shared: int, *, n_sig: int = 1000, ignoring_case: int | None = None, sec_ens=False, sig_ens=False) -> dict:
+    return {"n_genes": 2000, "n_signature_genes": n_sig, "shared": shared,
+            "shared_ignoring_case": shared if ignoring_case is None else ignoring_case,
+            "section_ensembl": sec_ens, "signatures_ensembl": sig_ens}
+
+
+@pytest.fixture
+def run_inputs(tmp_path):
+    """Inputs as the REPORT process stages them: one good reference, one good and one poor mapping model."""
+    sections, reference, models, figures = (tmp_path / n for n in ("sections", "reference", "models", "figures"))
+    for d in (sections, reference, models, figures):
+        d.mkdir()
+    for s, n in (("A1", 400), ("B1", 300)):
+        pd.DataFrame([{"sample": s, "n_spots": n, "n_genes": 2000, "n_mt_genes": 0, "total_umis": 1e6,
+                       "median_umis_per_spot": 2500.0, "median_genes_per_spot": 900.0,
+                       "mean_mt_fraction": 0.0}]).to_csv(sections / f"{s}.qc.csv", index=False)
+    pd.DataFrame({"gene": [f"g{i}" for i in range(10)], "kept": [True] * 7 + [False] * 3}).to_csv(
+        reference / "reference_genes.csv", index=False)
+    _training(reference / "reference_training.json", stop_reason="converged: ...", flat=2e-4, r_log1p=0.9,
+              extra={"cells_per_type": {"B": 30, "T": 3}, "signature_agreement": {"B": 0.95, "T": 0.85}})
+    _history(reference / "reference_history.csv")
+    _training(models / "joint_training.json", stop_reason="converged: ...", flat=1e-4, r_log1p=0.8,
+              extra={"gene_overlap": {"A1": _overlap(500), "B1": _overlap(30, ignoring_case=400)}})
+    _history(models / "joint_history.csv")
+    _training(models / "other_training.json", stop_reason="reached max_epochs 300", flat=0.05, r_log1p=0.3,
+              extra={"gene_overlap": {"C1": _overlap(20, sec_ens=True)}})
+    _history(models / "other_history.csv")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(figures / "A1.q05_abundance.png")
+    plt.close(fig)
+    versions = tmp_path / "software_versions.yml"
+    versions.write_text('"CELL2LOCATION:READ_VISIUM":\n    c2lnf: "0.1.0"\n    anndata: "0.12.0"\n')
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"input": "samplesheet.csv", "seed": 0, "map_max_epochs": 30000}))
+    return {"sections": sections, "reference": reference, "models": models, "figures": figures,
+            "versions": versions, "params": params}
+
+
+def test_grades_follow_the_thresholds():
+    assert report.grade(0.95, "reconstruction_r_log1p") == "PASS"
+    assert report.grade(0.6, "reconstruction_r_log1p") == "WARN"
+    assert report.grade(0.2, "reconstruction_r_log1p") == "FAIL"
+    assert report.grade(5e-4, "elbo_flatness") == "PASS"  # lower is better
+    assert report.grade(5e-3, "elbo_flatness") == "WARN"
+    assert report.grade(5e-2, "elbo_flatness") == "FAIL"
+    assert report.grade(None, "signature_r") == "MISSING"
+    assert report.worst(["PASS", "WARN", "PASS"]) == "WARN"
+    assert report.worst(["PASS", "MISSING"]) == "MISSING"
+    assert report.worst(["WARN", "FAIL"]) == "FAIL"
+
+
+def test_converged_status_of_fixed_epochs_and_shards():
+    assert report.converged_status({"stop_reason": "converged: x", "stopped_epoch": 10})[0] == "PASS"
+    assert report.converged_status({"stop_reason": "reached max_epochs 30000",
+                                    "elbo_relative_change_last_10pct": -4e-4})[0] == "PASS"
+    assert report.converged_status({"stop_reason": "reached max_epochs 12",
+                                    "elbo_relative_change_last_10pct": 0.015})[0] == "FAIL"
+    sharded = {"n_shards": 2, "shards": {"a": {"stop_reason": "converged: x"},
+                                         "b": {"stop_reason": "reached max_epochs 10",
+                                               "elbo_relative_change_last_10pct": 5e-3}}}
+    status, text = report.converged_status(sharded)
+    assert status == "WARN" and text.startswith("1/2 shards")
+
+
+def test_report_content_and_verdicts(run_inputs, tmp_path):
+    out = tmp_path / "content"
+    summary = report.run(run_inputs["sections"], run_inputs["reference"], run_inputs["models"],
+                         run_inputs["figures"], run_inputs["versions"], run_inputs["params"],
+                         ["A1", "B1", "C1", "D9"], out)
+    verdicts = {v["model"]: v for v in summary["models"]}
+    assert verdicts["reference"]["verdict"] == "PASS"
+    assert verdicts["reference"]["signature_r_median"] == pytest.approx(0.9)
+    assert verdicts["joint"]["verdict"] == "PASS"
+    assert verdicts["other"]["converged"] == "FAIL" and verdicts["other"]["reconstruction"] == "FAIL"
+    assert summary["run_verdict"] == "FAIL"
+    assert summary["missing_sections"] == ["C1", "D9"]  # C1 has no QC table, D9 nothing at all
+    names = {p.name for p in out.iterdir()}
+    assert {"c2l_verdicts_mqc.yaml", "c2l_sections_mqc.yaml", "c2l_gene_overlap_mqc.yaml", "c2l_elbo_mqc.yaml",
+            "c2l_reference_cells_mqc.yaml", "c2l_signature_agreement_mqc.yaml", "c2l_training_mqc.yaml",
+            "c2l_params_mqc.yaml", "c2l_map_A1_q05_abundance_mqc.png", "software_mqc_versions.yml",
+            "multiqc_config.yaml", "verdicts.json"} <= names
+    assert not any(p.name.startswith(".staging") for p in out.iterdir())
+    import yaml
+
+    overlap = yaml.safe_load((out / "c2l_gene_overlap_mqc.yaml").read_text())["data"]
+    assert overlap["A1"]["status"] == "PASS" and overlap["A1"]["hint"] == ""
+    assert overlap["B1"]["status"] == "FAIL" and "ignoring letter case" in overlap["B1"]["hint"]
+    assert overlap["C1"]["status"] == "FAIL" and "Ensembl" in overlap["C1"]["hint"]
+    elbo = yaml.safe_load((out / "c2l_elbo_mqc.yaml").read_text())["data"]
+    assert set(elbo) == {"reference", "joint", "other"}
+    assert min(elbo["joint"]) > 1  # the first 10 % of epochs left out
+
+
+def test_report_of_a_run_that_trained_nothing(tmp_path):
+    """A run where no model finished still gets a report, saying so."""
+    sections = tmp_path / "sections"
+    sections.mkdir()
+    summary = report.run(sections, None, None, None, None, None, ["A1"], tmp_path / "content")
+    assert summary["run_verdict"] == "MISSING"
+    assert summary["missing_sections"] == ["A1"]
+    assert (tmp_path / "content" / "c2l_verdicts_mqc.yaml").exists()
+
+
+@pytest.mark.skipif(shutil.which("multiqc") is None and not (Path(sys.executable).parent / "multiqc").exists(),
+                    reason="multiqc is not installed")
+def test_multiqc_renders_the_report(run_inputs, tmp_path):
+    """The CLI end to end as the MULTIQC process runs it; the HTML holds every section, verdict and map."""
+    out = tmp_path / "content"
+    c2l = [sys.executable, str(REPO / "bin" / "c2l")]
+    args = ["report", "--sections", run_inputs["sections"], "--reference", run_inputs["reference"],
+            "--models", run_inputs["models"], "--figures", run_inputs["figures"], "--versions", run_inputs["versions"],
+            "--params", run_inputs["params"], "--expected-sections", "A1,B1,C1", "--outdir", out]
+    res = subprocess.run(c2l + [str(a) for a in args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "run verdict FAIL" in res.stderr
+    assert "model 'other' is FAIL" in res.stderr
+    multiqc = shutil.which("multiqc") or str(Path(sys.executable).parent / "multiqc")
+    res = subprocess.run([multiqc, "--config", out / "multiqc_config.yaml", "--force", "--no-ansi", "--filename",
+                          "multiqc_report.html", "--outdir", tmp_path / "mqc", out], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    html = (tmp_path / "mqc" / "multiqc_report.html").read_text()
+    for sid in ("c2l_verdicts", "c2l_sections", "c2l_gene_overlap", "c2l_elbo", "c2l_reference_cells",
+                "c2l_signature_agreement", "c2l_training", "c2l_params", "c2l_map_A1_q05_abundance"):
+        assert f'id="{sid}"' in html, sid
+    assert "Run verdict: <strong>FAIL</strong>" in html
+    data = json.loads((tmp_path / "mqc" / "multiqc_report_data" / "multiqc_data.json").read_text())
+    text = json.dumps(data)
+    assert "c2l_verdicts_table" in text
+    assert "anndata" in html  # the software versions section
