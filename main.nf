@@ -12,6 +12,8 @@
 
 nextflow.enable.dsl = 2
 
+import groovy.json.JsonOutput
+
 include { CELL2LOCATION   } from './workflows/cell2location'
 include { MULTIQC         } from './modules/local/multiqc/main'
 include { readSamplesheet } from './subworkflows/local/samplesheet'
@@ -62,7 +64,7 @@ def validateParameters() {
         }
         if (value == null) { return }
         def type = spec.type
-        def ok = (type == 'string'  && value instanceof CharSequence) ||
+        def ok = (type == 'string'  && (value instanceof CharSequence || (key == 'colocation_factors' && value instanceof Integer))) ||
                  (type == 'boolean' && value instanceof Boolean) ||
                  (type == 'integer' && (value instanceof Integer || value instanceof Long)) ||
                  (type == 'number'  && value instanceof Number)
@@ -77,6 +79,9 @@ def validateParameters() {
         } else if (spec.maximum != null && value > spec.maximum) {
             errors << "--${key}: must be <= ${spec.maximum}, got ${value}"
         }
+    }
+    if (params.colocation_factors != null && !("${params.colocation_factors}" ==~ /\s*[0-9]+(\s*,\s*[0-9]+)*\s*/)) {
+        errors << "--colocation_factors: expected comma-separated numbers of factors, e.g. 5,10,15, got '${params.colocation_factors}'"
     }
     if (!params.input) { errors << "--input: a samplesheet is required" }
     if (params.reference && params.signatures) { errors << "--reference and --signatures: give one, not both" }
@@ -148,15 +153,14 @@ workflow {
     def plainParams = params.collectEntries { k, v ->
         [k, (v == null || v instanceof Number || v instanceof Boolean) ? v : v.toString()]
     }
-    def ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(plainParams)))
-        .collectFile(name: 'params.json', newLine: true)
+    def paramsJson = JsonOutput.prettyPrint(JsonOutput.toJson(plainParams))
     MULTIQC(
         CELL2LOCATION.out.report_sections.collect().ifEmpty([]),
         CELL2LOCATION.out.report_reference.collect().ifEmpty([]),
         CELL2LOCATION.out.report_models.collect().ifEmpty([]),
-        CELL2LOCATION.out.figures.map { meta, f -> f }.collect().ifEmpty([]),
+        CELL2LOCATION.out.figures.map { meta, f -> f }.mix(CELL2LOCATION.out.region_plots.flatten()).collect().ifEmpty([]),
         ch_versions_file,
-        ch_params_file,
+        Channel.of(paramsJson).collectFile(name: 'params.json', newLine: true),
         rows.collect { it[0].id },
     )
 }

@@ -43,10 +43,12 @@ def test_test_profile_output_tree(real):
         "plot_spatial/lymph_node/lymph_node.q05_abundance.png", "plot_spatial/lymph_node/lymph_node.overlay.png",
         "plot_spatial/lymph_node/lymph_node.proportions.png",
         "pipeline_info/software_versions.yml",
+        "multiqc/multiqc_report.html", "multiqc/content/verdicts.json", "multiqc/content/multiqc_config.yaml",
+        "multiqc/multiqc_report_data/multiqc_data.json",
     }
     assert expected <= tree, sorted(expected - tree)
     assert sorted(p.name for p in (out).iterdir()) == [
-        "filter_reference", "map_cells", "pipeline_info", "plot_spatial", "read_visium", "train_reference"]
+        "filter_reference", "map_cells", "multiqc", "pipeline_info", "plot_spatial", "read_visium", "train_reference"]
     assert sorted(p.name for p in (out / "map_cells").iterdir()) == ["joint"]
     assert not any(name.endswith("versions.yml") and not name.startswith("pipeline_info/") for name in tree)
     for png in [t for t in tree if t.endswith(".png")]:
@@ -65,8 +67,34 @@ def test_test_profile_pipeline_info(real):
         assert versions.count(f'"CELL2LOCATION:{step}":') == 1, versions
     trace = real.trace()
     assert sorted(r["process"].split(":")[-1] for r in trace) == sorted(
-        ["READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"])
+        ["READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL", "MULTIQC"])
     assert {r["status"] for r in trace} == {"COMPLETED"}
+
+
+def test_test_profile_report(real):
+    """The run report: every section of the report present, both models graded, the map embedded."""
+    import json
+
+    mqc = real.outdir / "multiqc"
+    html = (mqc / "multiqc_report.html").read_text()
+    for sid in ("c2l_verdicts", "c2l_sections", "c2l_gene_overlap", "c2l_reference_cells", "c2l_signature_agreement",
+                "c2l_elbo", "c2l_training", "c2l_map_lymph_node_q05_abundance", "c2l_map_lymph_node_overlay",
+                "c2l_params"):
+        assert f'id="{sid}"' in html, sid
+    verdicts = json.loads((mqc / "content" / "verdicts.json").read_text())
+    models = {v["model"]: v for v in verdicts["models"]}
+    assert set(models) == {"reference", "joint"}
+    assert verdicts["missing_sections"] == []
+    # the test profile's models converge (stopping rule) and reproduce the data (measured: docs/output.md)
+    for name, v in models.items():
+        assert v["converged"] == "PASS", v
+        assert v["reconstruction"] in ("PASS", "WARN"), v
+        assert 0 < v["reconstruction_r_log1p"] <= 1, v
+    assert 0 < models["reference"]["signature_r_median"] <= 1
+    assert f"Run verdict: <strong>{verdicts['run_verdict']}</strong>" in html
+    overlap = json.loads((mqc / "multiqc_report_data" / "multiqc_data.json").read_text())
+    assert "c2l_gene_overlap_table" in json.dumps(overlap)
+    assert "report: run verdict" in (real.task_dir("MULTIQC") / ".command.err").read_text()
 
 
 def test_test_profile_results(real):

@@ -9,6 +9,8 @@ include { TRAIN_REFERENCE  } from '../modules/local/train_reference/main'
 include { MAP_CELLS        } from '../modules/local/map_cells/main'
 include { MERGE_SHARDS     } from '../modules/local/merge_shards/main'
 include { PLOT_SPATIAL     } from '../modules/local/plot_spatial/main'
+include { REGIONS          } from '../modules/local/regions/main'
+include { COLOCATION       } from '../modules/local/colocation/main'
 
 workflow CELL2LOCATION {
     take:
@@ -88,6 +90,16 @@ workflow CELL2LOCATION {
     PLOT_SPATIAL(ch_mapped)
     ch_versions = ch_versions.mix(PLOT_SPATIAL.out.versions.first())
 
+    // optional downstream analyses over all mapped sections together (the tutorial's adata_vis): tissue regions
+    // (--regions) and co-location factors (--colocation_factors); switched by ext.when in conf/modules.config
+    ch_all_mapped = ch_mapped
+        .toSortedList { a, b -> a[0].id <=> b[0].id }
+        .map { items -> [ items.collect { it[0].id }, items.collect { it[1] } ] }
+    REGIONS(ch_all_mapped)
+    ch_versions = ch_versions.mix(REGIONS.out.versions)
+    COLOCATION(ch_all_mapped)
+    ch_versions = ch_versions.mix(COLOCATION.out.versions)
+
     emit:
     sections     = READ_VISIUM.out.h5ad
     qc           = READ_VISIUM.out.qc
@@ -96,6 +108,9 @@ workflow CELL2LOCATION {
     abundance    = MAP_CELLS.out.csv.filter { meta, csvs -> !meta.shard }.mix(MERGE_SHARDS.out.csv)
     models       = MAP_CELLS.out.model
     figures      = PLOT_SPATIAL.out.abundance.mix(PLOT_SPATIAL.out.overlay, PLOT_SPATIAL.out.proportions)
+    regions      = REGIONS.out.csv
+    region_plots = REGIONS.out.maps.mix(REGIONS.out.composition_plot)
+    colocation   = COLOCATION.out.factors
     versions     = ch_versions
     // what the run report reads (files only): section QC, reference QC and training, each model's summary and
     // -ELBO (a sharded model's merged ones)

@@ -341,6 +341,51 @@ def plot_spatial_cmd(section, sample, overlay_cell_types, n_overlay, prefix, out
     run(section, sample, overlay_cell_types, n_overlay, outdir, prefix or sample)
 
 
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in str(value).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, e.g. 5,10,15, got '{value}'") from None
+
+
+@cli.command("regions")
+@click.option("--section", "sections", multiple=True, required=True, callback=_key_values,
+              help="SAMPLE=PATH of a mapped <sample>.cell2location.h5ad (repeatable: all are clustered together).")
+@click.option("--n-neighbors", type=click.IntRange(2, None), default=15, show_default=True,
+              help="Neighbours of the k-NN graph on the q05 abundances (the tutorial's 15).")
+@click.option("--resolution", type=click.FloatRange(0, None, min_open=True), default=1.1, show_default=True,
+              help="Leiden resolution (the tutorial's 1.1): higher, more regions.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@domain_errors
+def regions_cmd(sections, n_neighbors, resolution, seed, outdir):
+    """Tissue regions: Leiden clustering of the spots on their q05 abundances; maps and per-region composition."""
+    from .regions import run
+
+    run(_sections(sections), n_neighbors, resolution, seed, outdir)
+
+
+@cli.command("colocation")
+@click.option("--section", "sections", multiple=True, required=True, callback=_key_values,
+              help="SAMPLE=PATH of a mapped <sample>.cell2location.h5ad (repeatable: all are factorised together).")
+@click.option("--n-factors", required=True, callback=_int_list,
+              help="Comma-separated numbers of factors, each fitted (the tutorial sweeps 5..30).")
+@click.option("--n-restarts", type=click.IntRange(1, None), default=3, show_default=True,
+              help="NMF restarts per factor count (the tutorial's 3); their agreement is the stability check.")
+@click.option("--n-iter", type=click.IntRange(1, None), default=10000, show_default=True,
+              help="Maximum NMF iterations (the tutorial's 10,000).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@domain_errors
+def colocation_cmd(sections, n_factors, n_restarts, n_iter, seed, outdir):
+    """Co-location of cell types: NMF of the q05 abundances (cell2location.run_colocation), per factor count."""
+    from .colocation import run
+
+    run(_sections(sections), n_factors, n_restarts, n_iter, seed, outdir)
+
+
 def _folder(ctx, param, value):
     if value is not None and not value.is_dir():
         return None  # absent input (a step that did not run): reported as missing

@@ -381,14 +381,16 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
         order.append("c2l_training")
 
     # 5. maps
-    for png in sorted(figures.glob("*.png")) if figures else []:
-        kind = next((k for k in ("q05_abundance", "overlay", "proportions") if png.name.endswith(f".{k}.png")), None)
-        if kind is None:
-            continue
-        sample = png.name[: -len(f".{kind}.png")]
-        sid = _section_id(f"c2l_map_{sample}_{kind}")
-        shutil.copyfile(png, outdir / f"{sid}_mqc.png")
-        order.append(sid)
+    pngs = sorted(figures.glob("*.png")) if figures else []
+    for kind in ("q05_abundance", "overlay", "proportions", "regions"):  # maps, grouped by kind
+        for png in pngs:
+            if png.name.endswith(f".{kind}.png"):
+                sid = _section_id(f"c2l_map_{png.name[: -len(f'.{kind}.png')]}_{kind}")
+                shutil.copyfile(png, outdir / f"{sid}_mqc.png")
+                order.append(sid)
+    if figures and (figures / "regions_composition.png").exists():
+        shutil.copyfile(figures / "regions_composition.png", outdir / "c2l_regions_composition_mqc.png")
+        order.append("c2l_regions_composition")
 
     # 6. parameters and versions
     if params:

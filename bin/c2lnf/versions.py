@@ -38,7 +38,9 @@ STEP_PACKAGES = {
     "MAP_CELLS": TRAINING,
     "MERGE_SHARDS": ("anndata", "numpy", "pandas", "matplotlib", "click"),
     "PLOT_SPATIAL": ("scanpy", "anndata", "numpy", "pandas", "matplotlib", "click"),
-    "REPORT": ("multiqc", "anndata", "numpy", "pandas", "click"),
+    "MULTIQC": ("multiqc", "numpy", "pandas", "click"),
+    "REGIONS": ("scanpy", "anndata", "numpy", "pandas", "matplotlib", "click"),
+    "COLOCATION": ("cell2location", "anndata", "numpy", "pandas", "matplotlib", "click"),
 }
 
 

@@ -1,4 +1,5 @@
 process MULTIQC {
+    tag 'report'
     label 'process_single'
 
     input:

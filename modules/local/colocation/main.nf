@@ -1,0 +1,37 @@
+process COLOCATION {
+    tag 'colocation'
+    label 'process_medium'
+
+    input:
+    tuple val(ids), path(sections, stageAs: 'sections/*')  // every mapped section (<id>.cell2location.h5ad), ids in the files' order
+
+    output:
+    path "n_fact*"         , emit: factors   // one folder per number of factors
+    path "versions.yml"    , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args  = task.ext.args ?: ''
+    def files = sections instanceof List ? sections : [sections]
+    def pairs = [ids, files].transpose().collect { id, f -> "--section '${id}=${f}'" }.join(' \\\n        ')
+    """
+    c2l --pipeline-digest ${task.ext.c2l_digest} colocation \\
+        ${pairs} \\
+        ${args} \\
+        --outdir .
+
+    c2l versions --process '${task.process}' > versions.yml
+    """
+
+    stub:
+    def factors = (task.ext.args ?: '').find(/--n-factors (\S+)/) { m, v -> v } ?: '5'
+    """
+    for k in ${factors.replace(',', ' ')}; do
+        mkdir -p n_fact\$k
+        touch n_fact\$k/cell_type_fractions.csv n_fact\$k/location_factors.csv n_fact\$k/factor_markers.csv n_fact\$k/dotplot.png
+    done
+    c2l versions --process '${task.process}' > versions.yml
+    """
+}
