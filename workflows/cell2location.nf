@@ -50,6 +50,7 @@ workflow CELL2LOCATION {
     } else {
         ch_models = ch_counted
             .toSortedList { a, b -> a[0].id <=> b[0].id }
+            .filter { items -> items }  // no section read (a failed READ_VISIUM): no model, no second error
             .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] }, items.sum { it[2] } ] }
     }
     // a model larger than the budget becomes `count` shards (one task each), stratified by section in map-cells
@@ -94,6 +95,7 @@ workflow CELL2LOCATION {
     // (--regions) and co-location factors (--colocation_factors); switched by ext.when in conf/modules.config
     ch_all_mapped = ch_mapped
         .toSortedList { a, b -> a[0].id <=> b[0].id }
+        .filter { items -> items }
         .map { items -> [ items.collect { it[0].id }, items.collect { it[1] } ] }
     REGIONS(ch_all_mapped)
     ch_versions = ch_versions.mix(REGIONS.out.versions)
