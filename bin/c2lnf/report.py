@@ -249,18 +249,23 @@ def _section_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name)
 
 
+#: section names of the image sections (MultiQC names an image section after its file otherwise)
+IMAGE_NAMES: dict[str, str] = {}
+
+
 def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: dict, runs: list[dict],
                   verdicts: list[dict], figures: Path | None, versions: Path | None, params: dict | None,
                   expected_sections: list[str]) -> list[str]:
     """The custom-content files; returns the section ids in report order."""
     order = []
+    IMAGE_NAMES.clear()
 
     # 1. verdicts
     missing_sections = [s for s in expected_sections if s not in qc.index]
     summary = {"run_verdict": worst([v["verdict"] for v in verdicts] + (["MISSING"] if missing_sections else [])),
                "models": verdicts, "missing_sections": missing_sections, "thresholds": THRESHOLDS}
     headers = {
-        "kind": {"title": "Model"},
+        "kind": {"title": "Kind"},
         "verdict": {"title": "Verdict", "description": "the worst of the checks of this model"},
         "converged": {"title": "Converged", "description": "the stopping rule fired, or the -ELBO changed "
                       f"<= {THRESHOLDS['elbo_flatness']['pass']:g} (PASS) / <= {THRESHOLDS['elbo_flatness']['warn']:g} "
@@ -295,11 +300,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                 "median_umis_per_spot": "Median UMIs / spot", "median_genes_per_spot": "Median genes / spot",
                 "mean_mt_fraction": "Mean MT fraction", "n_mt_genes": "MT genes", "total_umis": "UMIs"}
         q = qc[[c for c in cols if c in qc]]
+        fmt = {c: ("{:,.3f}" if c == "mean_mt_fraction" else "{:,.0f}") for c in q.columns}
         _yaml(outdir / "c2l_sections_mqc.yaml", {
             "id": "c2l_sections", "section_name": "Sections", "plot_type": "table",
             "description": "READ_VISIUM: one row per section (read_visium/qc_summary.csv).",
             "pconfig": {"id": "c2l_sections_table", "title": "Sections", "col1_header": "Section"},
-            "headers": {c: {"title": cols[c]} for c in q.columns}, "data": _table(q)})
+            "headers": {c: {"title": cols[c], "format": fmt[c]} for c in q.columns}, "data": _table(q)})
         order.append("c2l_sections")
     if not overlap.empty:
         _yaml(outdir / "c2l_gene_overlap_mqc.yaml", {
@@ -307,7 +313,8 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
             "description": "Genes shared by each section and the reference signatures (the genes the mapping model "
                            f"uses); PASS >= {THRESHOLDS['shared_genes']['pass']}, WARN >= {THRESHOLDS['shared_genes']['warn']}.",
             "pconfig": {"id": "c2l_gene_overlap_table", "title": "Gene overlap", "col1_header": "Section"},
-            "headers": {"n_genes": {"title": "Section genes"}, "shared_genes": {"title": "Shared"},
+            "headers": {"n_genes": {"title": "Section genes", "format": "{:,.0f}"},
+                        "shared_genes": {"title": "Shared", "format": "{:,.0f}"},
                         "pct_of_signature_genes": {"title": "% of signature genes", "suffix": "%", "max": 100,
                                                    "format": "{:,.1f}"},
                         "status": {"title": "Status"}, "hint": {"title": "Hint"}},
@@ -382,15 +389,20 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
 
     # 5. maps
     pngs = sorted(figures.glob("*.png")) if figures else []
-    for kind in ("q05_abundance", "overlay", "proportions", "regions"):  # maps, grouped by kind
+    titles = {"q05_abundance": "q05 abundance per cell type", "overlay": "cell types overlaid",
+              "proportions": "proportions per spot", "regions": "tissue regions"}
+    for kind, what in titles.items():  # maps, grouped by kind
         for png in pngs:
             if png.name.endswith(f".{kind}.png"):
-                sid = _section_id(f"c2l_map_{png.name[: -len(f'.{kind}.png')]}_{kind}")
+                sample = png.name[: -len(f".{kind}.png")]
+                sid = _section_id(f"c2l_map_{sample}_{kind}")
                 shutil.copyfile(png, outdir / f"{sid}_mqc.png")
                 order.append(sid)
+                IMAGE_NAMES[sid] = f"Map: {sample}, {what}"
     if figures and (figures / "regions_composition.png").exists():
         shutil.copyfile(figures / "regions_composition.png", outdir / "c2l_regions_composition_mqc.png")
         order.append("c2l_regions_composition")
+        IMAGE_NAMES["c2l_regions_composition"] = "Tissue regions: composition"
 
     # 6. parameters and versions
     if params:
@@ -420,6 +432,7 @@ def multiqc_config(outdir: Path, order: list[str], title: str) -> Path:
         "show_analysis_time": False,
         "report_section_order": {sid: {"order": 1000 - i} for i, sid in enumerate(order)},
         "custom_content": {"order": order},
+        "custom_data": {sid: {"section_name": name} for sid, name in IMAGE_NAMES.items()},
         "table_cond_formatting_colours": [{"pass": STATUS_COLOURS["PASS"]}, {"warn": STATUS_COLOURS["WARN"]},
                                           {"fail": STATUS_COLOURS["FAIL"]}],
         "table_cond_formatting_rules": {"all_columns": {"pass": [{"s_eq": "PASS"}], "warn": [{"s_eq": "WARN"}],
