@@ -12,7 +12,8 @@ import yaml
 from conftest import REPO, TINY_REFERENCE, invoke, run_c2l
 from c2lnf.cli import cli
 
-SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "merge-shards", "plot-spatial", "versions"]
+SUBCOMMANDS = ["read-visium", "filter-reference", "train-reference", "map-cells", "merge-shards", "plot-spatial",
+               "regions", "colocation", "report", "versions"]
 
 
 def test_help_lists_every_subcommand():

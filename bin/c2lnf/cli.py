@@ -357,8 +357,9 @@ def _int_list(ctx, param, value):
               help="Neighbours of the k-NN graph on the q05 abundances (the tutorial's 15).")
 @click.option("--resolution", type=click.FloatRange(0, None, min_open=True), default=1.1, show_default=True,
               help="Leiden resolution (the tutorial's 1.1): higher, more regions.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-NN graph and Leiden.")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for regions.csv, regions_composition.csv/.png and <sample>.regions.png.")
 @domain_errors
 def regions_cmd(sections, n_neighbors, resolution, seed, outdir):
     """Tissue regions: Leiden clustering of the spots on their q05 abundances; maps and per-region composition."""
@@ -376,8 +377,9 @@ def regions_cmd(sections, n_neighbors, resolution, seed, outdir):
               help="NMF restarts per factor count (the tutorial's 3); their agreement is the stability check.")
 @click.option("--n-iter", type=click.IntRange(1, None), default=10000, show_default=True,
               help="Maximum NMF iterations (the tutorial's 10,000).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the NMF initialisation.")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for one n_fact<k>/ per number of factors.")
 @domain_errors
 def colocation_cmd(sections, n_factors, n_restarts, n_iter, seed, outdir):
     """Co-location of cell types: NMF of the q05 abundances (cell2location.run_colocation), per factor count."""
