@@ -98,3 +98,29 @@ def test_few_locations_keep_the_tutorial_figures():
 
     fig = P.plot_proportion_pies(hd_like_section(400, n_types=5))
     assert any(ax.get_title().startswith("cell-type proportions per spot") for ax in fig.axes)
+
+
+def test_pies_show_the_top_types_and_a_zoomed_region():
+    """Pies: at most top_k coloured wedges per spot plus one grey 'other' wedge; a second panel zooms into a
+    window of about zoom_spots spots, outlined on the overview."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    from c2lnf import plot_spatial as P
+
+    adata = hd_like_section(400, n_types=8)
+    fig = P.plot_proportion_pies(adata, top_k=3, zoom_spots=60)
+    overview, zoom = fig.axes[0], fig.axes[1]
+    wedges = [c for c in overview.collections if isinstance(c, PatchCollection)][0]
+    grey = np.isclose(wedges.get_facecolors()[:, :3], 0.8).all(axis=1)
+    # random proportions over 8 types: every spot has a rest, and at most 3 coloured wedges
+    assert grey.sum() == adata.n_obs
+    assert len(wedges.get_paths()) - grey.sum() <= 3 * adata.n_obs
+    outline = [p for p in overview.patches if isinstance(p, Rectangle)]
+    assert len(outline) == 1
+    x0, x1 = zoom.get_xlim()
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    y1, y0 = zoom.get_ylim()
+    inside = ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).sum()
+    assert 20 <= inside <= 90, inside  # about zoom_spots (a square around a circle of 60)
+    assert zoom.get_legend() is not None and "other" in [t.get_text() for t in zoom.get_legend().get_texts()]

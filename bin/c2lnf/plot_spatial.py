@@ -211,14 +211,35 @@ def plot_dominant_type(adata: ad.AnnData, stat: str = "means"):
     return fig
 
 
-def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: float = 0.01):
-    """A pie chart per spot of the cell-type proportions (abundances normalised per spot) over the tissue; for
-    more than MAX_PIES locations, the dominant cell type per location instead (plot_dominant_type)."""
+def _zoom_window(xy: np.ndarray, values: np.ndarray, n_spots: int = 150) -> tuple[float, float, float]:
+    """(x centre, y centre, half-width) of a square holding about `n_spots` spots around the spot whose
+    neighbourhood is the most mixed (highest mean entropy of the proportions): the region worth a closer look."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xy)
+    k = min(len(xy), n_spots)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(values > 0, values * np.log(values), 0.0), axis=1)
+    _, nn = tree.query(xy, k=min(len(xy), 20))
+    local = entropy[nn].mean(axis=1) if nn.ndim > 1 else entropy
+    centre = xy[int(np.argmax(local))]
+    d, _ = tree.query(centre, k=k)
+    half = float(np.max(d)) / np.sqrt(2) if np.ndim(d) else 1.0
+    return float(centre[0]), float(centre[1]), max(half, 1e-9)
+
+
+def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", top_k: int = 4, min_fraction: float = 0.02,
+                         zoom_spots: int = 150):
+    """Per spot a pie of the cell-type proportions (abundances normalised per spot), sized to the spot spacing,
+    over the tissue image when there is one: each spot's `top_k` types (those >= min_fraction) and the rest in
+    grey; left the whole section, right a zoomed panel (about `zoom_spots` spots) of its most mixed region,
+    outlined on the left. For more than MAX_PIES locations, the dominant cell type per location instead
+    (plot_dominant_type)."""
     if adata.n_obs > MAX_PIES:
         return plot_dominant_type(adata, stat)
     import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Patch, Wedge
+    from matplotlib.patches import Patch, Rectangle, Wedge
 
     table = abundance(adata, stat)
     props = table.div(table.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
@@ -230,32 +251,46 @@ def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", min_fraction: f
     spacing = np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]) if len(xy) > 1 else 1.0
     # pies as large as the spot, or nearly touching their nearest neighbour on sparse sections
     radius = max(_spot_size_px(adata) * scale / 2, 0.45 * spacing)
-    cmap = plt.get_cmap("tab20" if props.shape[1] > 10 else "tab10")
-    colours = [cmap(i % cmap.N) for i in range(props.shape[1])]
-    wedges, facecolors = [], []
+    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)] \
+        if props.shape[1] > 10 else [plt.get_cmap("tab10")(i) for i in range(10)]
+    colours = [palette[i % len(palette)] for i in range(props.shape[1])]
+    other = (0.8, 0.8, 0.8, 1.0)
     values = props.to_numpy()
+    wedges, facecolors = [], []
     for (x, y), row in zip(xy, values):
+        keep = [j for j in np.argsort(row)[::-1][:top_k] if row[j] >= min_fraction]
         start = 90.0
-        for j, frac in enumerate(row):
-            if frac < min_fraction:
-                continue
-            wedges.append(Wedge((x, y), radius, start, start + 360 * frac))
+        for j in keep:
+            wedges.append(Wedge((x, y), radius, start, start + 360 * row[j]))
             facecolors.append(colours[j])
-            start += 360 * frac
-    # large enough that a pie per spot stays readable on a full Visium section
-    side = float(np.clip(np.sqrt(len(xy)) / 3.5, 9, 30))
-    fig, ax = plt.subplots(figsize=(side + 3, side))
-    if img_key:
-        ax.imshow(adata.uns["spatial"][lib]["images"][img_key], cmap="gray")
-    ax.add_collection(PatchCollection(wedges, facecolors=facecolors, edgecolor="none"))
+            start += 360 * row[j]
+        if start < 450.0 - 1e-6:  # the rest of the spot: the other types together
+            wedges.append(Wedge((x, y), radius, start, 450.0))
+            facecolors.append(other)
+    cx, cy, half = _zoom_window(xy, values, zoom_spots)
+    side = float(np.clip(np.sqrt(len(xy)) / 4.0, 7, 16))
+    fig, (ax, zx) = plt.subplots(1, 2, figsize=(2 * side + 3.5, side), gridspec_kw={"width_ratios": [1, 1]})
+    for axis in (ax, zx):
+        if img_key:
+            axis.imshow(adata.uns["spatial"][lib]["images"][img_key], cmap="gray")
+        axis.add_collection(PatchCollection(wedges, facecolors=facecolors, edgecolor="white", linewidth=0.2))
+        axis.set_aspect("equal")
+        axis.set_xticks([])
+        axis.set_yticks([])
     pad = 2 * radius
     ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
     ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
-    ax.set_aspect("equal")
-    ax.set_axis_off()
-    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, props.columns)],
-              loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="cell type")
-    ax.set_title(f"cell-type proportions per spot ({stat} abundance, normalised)")
+    ax.add_patch(Rectangle((cx - half, cy - half), 2 * half, 2 * half, fill=False, edgecolor="black", linewidth=1.2))
+    zx.set_xlim(cx - half, cx + half)
+    zx.set_ylim(cy + half, cy - half)
+    for spine in zx.spines.values():
+        spine.set_edgecolor("black")
+        spine.set_linewidth(1.2)
+    ax.set_title(f"cell-type proportions per spot ({stat} abundance, normalised; top {top_k} per spot)")
+    zx.set_title("zoom: the most mixed region (outlined left)")
+    handles = [Patch(color=c, label=n) for c, n in zip(colours, props.columns)] + [Patch(color=other, label="other")]
+    zx.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="cell type")
+    fig.tight_layout()
     return fig
 
 
