@@ -23,9 +23,16 @@ def readSamplesheet(Map opts) {
     def sheet  = file(path)
     def lines  = sheet.readLines().findAll { it.trim() }
     if (!lines) { error("Samplesheet ${path}: the file is empty") }
-    def header = lines[0].split(',', -1).collect { it.trim() }
+    // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
+    def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { it.trim().replaceAll('^"|"$', '') }
     def dup = header.findAll { h -> header.count(h) > 1 }.unique()
     if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
+    def blank = header.findIndexOf { !it }
+    if (blank >= 0) { error("Samplesheet ${path}: column ${blank + 1} of the header has no name (columns: ${header.join(', ')})") }
+    props.keySet().each { col ->   // 'Sample' or 'H5AD' for 'sample' or 'h5ad'
+        def near = header.find { it != col && it.equalsIgnoreCase(col) }
+        if (near && !(col in header)) { error("Samplesheet ${path}: column '${near}' must be written '${col}' (column names are case-sensitive)") }
+    }
     items.required.each { col ->
         if (!(col in header)) { error("Samplesheet ${path}: missing column '${col}' (columns: ${header.join(', ')})") }
     }
@@ -35,7 +42,7 @@ def readSamplesheet(Map opts) {
     }
     def base = opts.base_dir ? file(opts.base_dir) : sheet.parent
     def rows = []
-    sheet.splitCsv(header: true, strip: true).eachWithIndex { row, i ->
+    sheet.splitCsv(header: header, skip: 1, strip: true).eachWithIndex { row, i ->
         def n = i + 2
         def sample = row.sample ?: ''
         def where = sample ? "Samplesheet ${path}, row ${n}, sample '${sample}'" : "Samplesheet ${path}, row ${n}"
@@ -123,6 +130,19 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
             error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${unique.join("', '")}' is duplicated (also row ${seen[key]})")
         }
         seen[key] = n
+    }
+    // two ids for one section: the joint model would fit the same spots twice (a folder and its outs/ count as one)
+    def sources = [:]
+    rows.each { meta, input, n ->
+        if (input == null) { return }
+        def real = input.exists() ? input.toRealPath() : input
+        if (real.name == 'outs' && input.isDirectory()) { real = real.parent }
+        def first = sources[real.toString()]
+        if (first) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${meta.input_type}' is the same section as " +
+                  "row ${first[1]} (sample '${first[0]}'): ${input}; each section must be listed once")
+        }
+        sources[real.toString()] = [meta.id, n]
     }
     if (mappingMode != 'joint') { return }
     schema.items.properties.each { col, spec ->
