@@ -111,6 +111,9 @@ def setup_logging(verbose: bool = False, warnings_file: Path | None = None) -> N
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # anndata's "names are not unique" (with a source line that reads like a stray traceback): the steps check
+    # duplicated barcodes (an error) and gene ids (a warning of their own) themselves
+    warnings.filterwarnings("ignore", message=r".*names are not unique.*")
 
 
 def seed_everything(seed: int) -> None:

@@ -25,10 +25,11 @@ def readSamplesheet(Map opts) {
     if (!lines) { error("Samplesheet ${path}: the file is empty") }
     // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
     def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { it.trim().replaceAll('^"|"$', '') }
-    def dup = header.findAll { h -> header.count(h) > 1 }.unique()
+    def dup = header.findAll { h -> h && header.count(h) > 1 }.unique()
     if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
-    def blank = header.findIndexOf { !it }
-    if (blank >= 0) { error("Samplesheet ${path}: column ${blank + 1} of the header has no name (columns: ${header.join(', ')})") }
+    // a column without a name (a trailing comma) is ignored while it is empty, and an error where it holds a value
+    def unnamed = [:]
+    header.eachWithIndex { h, i -> if (!h) { unnamed["__unnamed_${i + 1}".toString()] = i + 1; header[i] = "__unnamed_${i + 1}".toString() } }
     props.keySet().each { col ->   // 'Sample' or 'H5AD' for 'sample' or 'h5ad'
         def near = header.find { it != col && it.equalsIgnoreCase(col) }
         if (near && !(col in header)) { error("Samplesheet ${path}: column '${near}' must be written '${col}' (column names are case-sensitive)") }
@@ -47,6 +48,10 @@ def readSamplesheet(Map opts) {
         def sample = row.sample ?: ''
         def where = sample ? "Samplesheet ${path}, row ${n}, sample '${sample}'" : "Samplesheet ${path}, row ${n}"
         items.required.each { col -> if (!row[col]) { error("${where}: field '${col}' is empty") } }
+        unnamed.each { key, col ->
+            if (row[key]) { error("${where}: column ${col} has the value '${row[key]}' but no name in the header") }
+            row.remove(key)
+        }
         def given = oneOf.findAll { row[it] }
         if (oneOf && given.size() != 1) {
             error("${where}: give exactly one of the fields ${oneOf.collect { "'${it}'" }.join(' and ')}")
@@ -79,6 +84,7 @@ def readSamplesheet(Map opts) {
     }
     if (!rows) { error("Samplesheet ${path}: no rows") }
     checkAcrossRows(path, schema, rows, opts.mapping_mode)
+    checkSameSection(path, rows)
     return rows.collect { meta, input, n -> [meta, input] }
 }
 
@@ -131,19 +137,6 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
         }
         seen[key] = n
     }
-    // two ids for one section: the joint model would fit the same spots twice (a folder and its outs/ count as one)
-    def sources = [:]
-    rows.each { meta, input, n ->
-        if (input == null) { return }
-        def real = input.exists() ? input.toRealPath() : input
-        if (real.name == 'outs' && input.isDirectory()) { real = real.parent }
-        def first = sources[real.toString()]
-        if (first) {
-            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${meta.input_type}' is the same section as " +
-                  "row ${first[1]} (sample '${first[0]}'): ${input}; each section must be listed once")
-        }
-        sources[real.toString()] = [meta.id, n]
-    }
     if (mappingMode != 'joint') { return }
     schema.items.properties.each { col, spec ->
         if (!spec.'x-same-in-joint-model') { return }
@@ -157,5 +150,25 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
                       "to give each section its own")
             }
         }
+    }
+}
+
+/*
+ * Two rows, two ids, one section (the same Space Ranger folder or h5ad file): the joint model would fit the same
+ * spots twice. Checked after the schema's rules, so that their messages come first.
+ */
+def checkSameSection(String path, List rows) {
+    // two ids for one section: the joint model would fit the same spots twice (a folder and its outs/ count as one)
+    def sources = [:]
+    rows.each { meta, input, n ->
+        if (input == null) { return }
+        def real = input.toUri().scheme == 'file' && input.exists() ? input.toRealPath() : input
+        if (real.name == 'outs' && input.isDirectory()) { real = real.parent }
+        def first = sources[real.toString()]
+        if (first) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${meta.input_type}' is the same section as " +
+                  "row ${first[1]} (sample '${first[0]}'): ${input}; each section must be listed once")
+        }
+        sources[real.toString()] = [meta.id, n]
     }
 }
