@@ -365,6 +365,19 @@ def test_duplicated_barcode_in_spaceranger_matrix(tmp_path):
           case="a spot barcode twice in the Space Ranger matrix", step="read-visium")
 
 
+def test_duplicated_barcode_in_positions(tmp_path):
+    sr = tmp_path / "dup"
+    shutil.copytree(require(FIXTURES / "mouse_brain_mtx_50x50"), sr)
+    positions = sr / "outs" / "spatial" / "tissue_positions_list.csv"
+    lines = positions.read_text().splitlines()
+    positions.write_text("\n".join(lines + [lines[0]]) + "\n")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "dup", "--spaceranger-dir", sr, "--outdir", out, expect=None)
+    check(result, 1, "sample 'dup', field 'spaceranger_dir': 1 spot barcode(s) appear more than once in the positions "
+          f"file (e.g. {lines[0].split(',')[0]})", outdir=out, case="a spot barcode twice in the positions file",
+          step="read-visium")
+
+
 def test_duplicated_barcode_in_h5ad(tmp_path):
     adata = plain_section()
     names = list(adata.obs_names)
@@ -411,7 +424,7 @@ def test_normalised_section_names_its_counts(tmp_path, where, hint):
 @pytest.mark.parametrize("layer, section, message", [
     ("counts", "plain", "no layer 'counts' in the file (layers: none)"),
     ("raw", "plain", "the file has no .raw (layers: none)"),
-    ("lognorm", "lognorm", "field 'layer (lognorm)': non-integer values found"),
+    ("lognorm", "lognorm", "(the chosen layer 'lognorm' does not hold raw counts either)"),
 ])
 def test_section_layer_errors(tmp_path, layer, section, message):
     adata = plain_section()
@@ -540,6 +553,19 @@ def test_few_cells_per_type_warn(small_reference, tmp_path):
            "--outdir", tmp_path / "ok")
     assert warnings_of(warnings) == ["reference: 1 cell type(s) with fewer than 10 cells (VSMC (6)): their signatures "
                                      "rest on very few cells"]
+
+
+def test_duplicated_reference_genes_warn(small_reference, tmp_path):
+    ref = small_reference.copy()
+    names = list(ref.var_names)
+    names[1] = names[0]
+    ref.var_names = names
+    path = write(ref, tmp_path / "ref.h5ad")
+    warnings = tmp_path / "w.txt"
+    invoke("--warnings-file", warnings, "filter-reference", "--reference", path, "--labels-key", "cell_type",
+           "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == [f"reference: 1 duplicated gene id(s) renamed with a -1, -2... suffix (e.g. "
+                                     f"{names[0]}); they will not match the sections' genes"]
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,15 @@ CASES = {
     "bom_in_header": (   # Excel's "CSV UTF-8": the header still parses (the duplicate is found, not 'missing column')
         f"\ufeffsample,spaceranger_dir\nln,{VISIUM}\nln,{VISIUM}\n", [], "test,local",
         "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' is duplicated (also row 2)"),
+    "crlf_line_ends": (   # Windows line ends: parsed as usual (the duplicate is found)
+        f"sample,spaceranger_dir\r\nln,{VISIUM}\r\nln,{VISIUM}\r\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' is duplicated (also row 2)"),
+    "semicolons": (
+        f"sample;spaceranger_dir\nln;{VISIUM}\n", [], "test,local",
+        "Samplesheet {sheet}: the header is separated by semicolons, not commas; save it as comma-separated CSV"),
+    "excel_workbook": (
+        None, ["--input", "{folder}/samplesheet.xlsx"], "test,local",
+        "Samplesheet {folder}/samplesheet.xlsx: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)"),
     "column_case": (
         f"Sample,spaceranger_dir\nln,{VISIUM}\n", [], "test,local",
         "Samplesheet {sheet}: column 'Sample' must be written 'sample' (column names are case-sensitive)"),
@@ -95,7 +104,7 @@ CASES = {
         "--outdir: cannot create {folder}/afile.txt/results: {folder}/afile.txt is a file, not a folder"),
     "outdir_empty": (
         None, ["--outdir", ""], "test,local",
-        "--outdir: an empty path; give a folder"),
+        "--outdir: needs a path, got none (--outdir without a value?)"),
     "reference_is_a_folder": (
         None, ["--reference", "{testdata}/lymph_node"], "test,local",
         "--reference: {testdata}/lymph_node is a folder, expected a file"),
@@ -126,6 +135,7 @@ def results(tmp_path_factory):
         folder = root / case
         folder.mkdir()
         (folder / "afile.txt").write_text("not a folder\n")
+        (folder / "samplesheet.xlsx").write_bytes(b"PK\x03\x04 an Excel workbook is a zip file")
         args = []
         if text is not None:
             sheet = folder / "samplesheet.csv"

@@ -48,18 +48,22 @@ def counts_sources(adata) -> list[str]:
     return found
 
 
-def check_raw_counts(X, sample: str, field: str = "X", adata=None, option: str | None = None) -> None:
+def check_raw_counts(X, sample: str, field: str = "X", adata=None, option: str | None = None,
+                     chosen: str | None = None) -> None:
     """Raise unless X holds finite, non-negative integer counts (cell2location models raw UMI counts).
 
     With `adata` (the object X came from) and `option` (how the user picks a layer, e.g. '--reference_layer'),
-    the message says which layer or `.raw` holds raw counts instead, or that none does.
+    the message says which layer or `.raw` holds raw counts instead, or that none does; `chosen`: the layer the
+    user picked ('raw' for .raw), named when it is the one that is not raw counts.
     """
     why = problem(X)
     if why is None:
         return
     if "non-integer" in why:
         sources = counts_sources(adata) if adata is not None else []
-        if sources and option:
+        if chosen:
+            why += f" (the chosen {'.raw' if chosen == RAW else f'layer {chosen!r}'} does not hold raw counts either)"
+        elif sources and option:
             where = ", ".join(".raw" if s == RAW else f"layers['{s}']" for s in sources)
             why += f" ({where} hold{'s' if len(sources) == 1 else ''} raw counts: set {option} to {sources[0]})"
         elif option:

@@ -41,7 +41,7 @@ def check_labels(labels: pd.Series, key: str, field: str) -> None:
                        "label those cells or drop them", REFERENCE, field)
 
 
-def check_batches(values: pd.Series, key: str, field: str) -> None:
+def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) -> None:
     """A batch (or covariate) column with one value per cell is an error; with more than a tenth of the cells as
     distinct values, a warning: each level gets its own parameters, so such a column makes a meaningless model."""
     n, levels = len(values), values.astype(str).nunique()
@@ -49,7 +49,7 @@ def check_batches(values: pd.Series, key: str, field: str) -> None:
         raise C2LError(f"column '{key}' has a different value in every cell ({n} cells): it cannot be a batch "
                        "(a cell id or a numeric measurement?); name the donor, sample or 10x reaction column",
                        REFERENCE, field)
-    if levels > BATCH_FRACTION_WARN * n:
+    if warn and levels > BATCH_FRACTION_WARN * n:
         LOG.warning("reference: column '%s' (%s) has %d distinct values for %d cells: more batches than a tenth of "
                     "the cells; is it really a batch?", key, field, levels, n)
 
@@ -70,9 +70,10 @@ def load_reference(
     gene_id_column: str | None = None,
     min_cells_per_type: int = 5,
     layer: str | None = None,
+    warn: bool = True,
 ) -> ad.AnnData:
     """Read a reference h5ad and check it: raw counts (X, a layer, or `.raw` with `layer='raw'`), annotation
-    columns, enough cells per type."""
+    columns, enough cells per type. `warn=False`: no warnings (train-reference, after filter-reference gave them)."""
     from .counts import select_counts
 
     try:
@@ -89,11 +90,12 @@ def load_reference(
             raise C2LError(f"column '{key}' is not in the reference obs (columns: {cols})", REFERENCE, field)
         check_labels(adata.obs[key], key, field)
         if field != "labels_key":
-            check_batches(adata.obs[key], key, field)
+            check_batches(adata.obs[key], key, field, warn)
     source = adata
     adata = select_counts(adata, layer, REFERENCE, "reference_layer")
     where = "reference (counts)" if not layer else f"reference ({'.raw' if layer == 'raw' else f'layer {layer}'})"
-    check_raw_counts(adata.X, REFERENCE, field=where, adata=None if layer else source, option="--reference_layer")
+    check_raw_counts(adata.X, REFERENCE, field=where, adata=None if layer else source, option="--reference_layer",
+                     chosen=layer)
     if gene_id_column:
         if gene_id_column not in adata.var:
             raise C2LError(
@@ -107,7 +109,7 @@ def load_reference(
         symbols = symbols_column(adata) if looks_ensembl(adata.var_names) else None
         adata.var["SYMBOL"] = symbols.to_numpy() if symbols is not None else adata.var_names.astype(str)
     duplicated = adata.var_names[adata.var_names.duplicated()]
-    if len(duplicated):
+    if warn and len(duplicated):
         LOG.warning("reference: %d duplicated gene id(s) renamed with a -1, -2... suffix (e.g. %s); they will not "
                     "match the sections' genes", len(duplicated), duplicated[0])
     adata.var_names_make_unique()
@@ -125,7 +127,7 @@ def load_reference(
     if len(counts) < 2:
         raise C2LError(f"only {len(counts)} cell type in '{labels_key}'; at least 2 are needed", REFERENCE, "labels_key")
     few = counts[counts < FEW_CELLS_WARN]
-    if len(few):
+    if warn and len(few):
         LOG.warning("reference: %d cell type(s) with fewer than %d cells (%s): their signatures rest on very few cells",
                     len(few), FEW_CELLS_WARN, ", ".join(f"{k} ({v})" for k, v in few.items()))
     adata.obs[labels_key] = adata.obs[labels_key].astype(str).astype("category")

@@ -388,7 +388,7 @@ def load_section(
         check_raw_counts(adata.X, sample, field=f"{field} (counts)", adata=adata,
                          option="the samplesheet's column 'layer'")
     else:
-        check_raw_counts(adata.X, sample, field=f"{field} (counts)" if not layer else f"layer ({layer})")
+        check_raw_counts(adata.X, sample, field=f"{field} (counts)" if not layer else f"layer ({layer})", chosen=layer)
     adata = key_genes(adata, sample)
     totals = row_totals(adata.X)
     empty = totals == 0

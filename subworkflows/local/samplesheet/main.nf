@@ -21,10 +21,17 @@ def readSamplesheet(Map opts) {
     def items  = schema.items
     def props  = items.properties
     def sheet  = file(path)
+    if (sheet.name.toLowerCase() ==~ /.*\.(xlsx|xls|ods)$/) {
+        error("Samplesheet ${path}: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)")
+    }
     def lines  = sheet.readLines().findAll { it.trim() }
     if (!lines) { error("Samplesheet ${path}: the file is empty") }
     // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
     def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { it.trim().replaceAll('^"|"$', '') }
+    if (header.size() == 1) {   // Excel in many locales saves 'CSV' with ';', and some tools write tabs
+        def sep = [';': 'semicolons', '\t': 'tabs'].find { ch, name -> lines[0].contains(ch) }
+        if (sep) { error("Samplesheet ${path}: the header is separated by ${sep.value}, not commas; save it as comma-separated CSV") }
+    }
     def dup = header.findAll { h -> h && header.count(h) > 1 }.unique()
     if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
     // a column without a name (a trailing comma) is ignored while it is empty, and an error where it holds a value
