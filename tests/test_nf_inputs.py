@@ -125,7 +125,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("bad_inputs")
     sig = root / "signatures.csv"
     sig.write_text("gene,A,B\nG1,1,2\nG2,3,4\n")
@@ -144,8 +144,12 @@ def results(tmp_path_factory):
         args += [a.format(sig=sig, testdata=LYMPH_NODE.parent, folder=folder) for a in extra]
         return case, run_nf(folder, *args, profile=profile, timeout=300)
 
+    # only the cases this session runs (pytest -k selects a few without launching all of them)
+    wanted = [case for case in CASES if any(getattr(item, "callspec", None) is not None
+                                            and item.callspec.params.get("case") == case
+                                            for item in request.session.items)]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(pool.map(launch, CASES))
+        return dict(pool.map(launch, wanted))
 
 
 @pytest.mark.parametrize("case", list(CASES))
