@@ -112,6 +112,16 @@ def test_h5ad_without_spatial_coordinates(tmp_path):
           outdir=tmp_path / "out", case="h5ad without spatial coordinates", step="read-visium")
 
 
+def test_h5ad_with_coordinates_under_another_key(tmp_path):
+    adata = plain_section()
+    adata.obsm["X_spatial"] = adata.obsm.pop("spatial")
+    path = write(adata, tmp_path / "xspatial.h5ad")
+    result = invoke("read-visium", "--sample", "S2", "--h5ad", path, "--outdir", tmp_path / "out", expect=None)
+    check(result, 1, "sample 'S2', field 'h5ad': the h5ad has no spot coordinates (obsm['spatial'] with x, y columns); "
+          "its obsm has X_spatial: store the x, y coordinates as obsm['spatial']", outdir=tmp_path / "out",
+          case="h5ad with its coordinates in obsm['X_spatial']", step="read-visium")
+
+
 def test_normalised_spatial_counts(tmp_path):
     adata = plain_section()
     adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))

@@ -87,6 +87,10 @@ CASES = {
     "excel_workbook": (
         None, ["--input", "{folder}/samplesheet.xlsx"], "test,local",
         "Samplesheet {folder}/samplesheet.xlsx: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)"),
+    "tilde_path": (
+        "sample,spaceranger_dir\nln,~/visium\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'spaceranger_dir': path does not exist: {testdata}/~/visium "
+        "('~' is not expanded in a samplesheet: give the full path)"),
     "column_case": (
         f"Sample,spaceranger_dir\nln,{VISIUM}\n", [], "test,local",
         "Samplesheet {sheet}: column 'Sample' must be written 'sample' (column names are case-sensitive)"),

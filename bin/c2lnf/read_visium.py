@@ -332,7 +332,9 @@ def read_section_h5ad(path: Path, sample: str, layer: str | None = None) -> ad.A
         adata.uns.setdefault("c2l_counts_source", ".raw" if layer == "raw" else f"layers['{layer}']")
     coords = adata.obsm.get("spatial")
     if coords is None or np.asarray(coords).ndim != 2 or np.asarray(coords).shape[1] < 2:
-        raise C2LError("the h5ad has no spot coordinates (obsm['spatial'] with x, y columns)", sample, "h5ad")
+        keys = ", ".join(map(str, adata.obsm.keys()))
+        have = f"; its obsm has {keys}: store the x, y coordinates as obsm['spatial']" if keys else ""
+        raise C2LError(f"the h5ad has no spot coordinates (obsm['spatial'] with x, y columns){have}", sample, "h5ad")
     if not np.all(np.isfinite(np.asarray(coords, dtype=float))):
         raise C2LError("obsm['spatial'] holds NaN or infinite coordinates", sample, "h5ad")
     spatial = adata.uns.get("spatial") or {}

@@ -122,7 +122,10 @@ def checkField(String raw, Map spec, String where, base) {
     }
     if (spec.format in ['file-path', 'directory-path']) {
         def p = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
-        if (spec.exists && !p.exists()) { error("${where}: path does not exist: ${p}") }
+        if (spec.exists && !p.exists()) {
+            def tilde = raw.startsWith('~') ? " ('~' is not expanded in a samplesheet: give the full path)" : ''
+            error("${where}: path does not exist: ${p}${tilde}")
+        }
         if (spec.format == 'directory-path' && p.exists() && !p.isDirectory()) { error("${where}: not a folder: ${p}") }
         if (spec.format == 'file-path' && p.isDirectory()) { error("${where}: is a folder, expected a file: ${p}") }
         value = p
