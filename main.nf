@@ -23,7 +23,7 @@ def helpMessage() {
 
     Inputs:
       --input                     samplesheet CSV: sample, spaceranger_dir or h5ad (+ n_cells_per_location,
-                                  detection_alpha, any metadata columns)
+                                  detection_alpha, bin_size, layer, any metadata columns)
       --reference                 single-cell reference .h5ad with raw counts     (or --signatures)
       --signatures                genes x cell types CSV from a previous run      (skips reference training)
       --labels_key / --batch_key / --categorical_covariate_keys / --reference_gene_id_column
