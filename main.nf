@@ -26,10 +26,11 @@ def helpMessage() {
 
     Inputs:
       --input                     samplesheet CSV: sample, spaceranger_dir or h5ad (+ n_cells_per_location,
-                                  detection_alpha, any metadata columns)
+                                  detection_alpha, bin_size, layer, any metadata columns)
       --reference                 single-cell reference .h5ad with raw counts     (or --signatures)
       --signatures                genes x cell types CSV from a previous run      (skips reference training)
       --labels_key / --batch_key / --categorical_covariate_keys / --reference_gene_id_column
+      --reference_layer           the reference's layer with raw counts, or 'raw' for .raw (default: X)
 
     Main options:
       --mapping_mode joint|per_sample   [${params.mapping_mode}]
@@ -63,6 +64,7 @@ def validateParameters() {
             return
         }
         if (value == null) { return }
+        if (spec.format in ['file-path', 'directory-path']) { return }   // checked by checkPathParams
         def type = spec.type
         def ok = (type == 'string'  && (value instanceof CharSequence || (key == 'colocation_factors' && value instanceof Integer))) ||
                  (type == 'boolean' && value instanceof Boolean) ||
@@ -90,12 +92,53 @@ def validateParameters() {
     if (params.require_gpu && !(workflow.profile.tokenize(',').contains('gpu'))) {
         errors << "--require_gpu: only meaningful with -profile gpu (no process is given a GPU without it)"
     }
-    ['input', 'reference', 'signatures'].each { key ->
-        if (params[key] && !file(params[key]).exists()) { errors << "--${key}: file not found: ${params[key]}" }
-    }
+    errors.addAll(checkPathParams(props))
     if (errors) {
         error("Invalid parameters:\n  " + errors.join('\n  '))
     }
+}
+
+/*
+ * Every path parameter of nextflow_schema.json (format file-path or directory-path), before any task starts:
+ * given a value, existing, of the right kind; --outdir a folder that can be created and written.
+ */
+def checkPathParams(Map props) {
+    def errors = []
+    props.each { key, spec ->
+        if (!(spec.format in ['file-path', 'directory-path'])) { return }
+        def value = params[key]
+        if (value == null) { return }
+        if (value instanceof Boolean) { errors << "--${key}: needs a path, got none (--${key} without a value?)"; return }
+        if (!(value instanceof CharSequence)) { errors << "--${key}: expected a path, got '${value}'"; return }
+        if (!value.toString().trim()) {
+            if (key == 'outdir') { errors << "--outdir: an empty path; give a folder" }
+            return   // an empty optional path is the same as leaving it out
+        }
+        def path = file(value.toString())
+        def local = path.toUri().scheme == 'file'
+        if (key == 'outdir') {
+            if (!local) { return }
+            if (path.exists() && !path.isDirectory()) { errors << "--outdir: ${value} is a file, not a folder"; return }
+            def existing = path
+            while (existing != null && !existing.exists()) { existing = existing.parent }
+            if (existing != null && !existing.isDirectory()) {
+                errors << "--outdir: cannot create ${value}: ${existing} is a file, not a folder"
+            } else if (existing != null && !java.nio.file.Files.isWritable(existing)) {
+                errors << "--outdir: cannot write to ${existing} (permission denied)"
+            }
+            return
+        }
+        if (!path.exists()) {
+            errors << "--${key}: ${spec.format == 'directory-path' ? 'folder' : 'file'} not found: ${value}"
+        } else if (spec.format == 'file-path' && path.isDirectory()) {
+            errors << "--${key}: ${value} is a folder, expected a file"
+        } else if (spec.format == 'directory-path' && !path.isDirectory()) {
+            errors << "--${key}: ${value} is a file, expected a folder"
+        } else if (local && !java.nio.file.Files.isReadable(path)) {
+            errors << "--${key}: ${value} cannot be read (permission denied)"
+        }
+    }
+    return errors
 }
 
 workflow {
@@ -121,6 +164,7 @@ workflow {
         batch_key:                  params.batch_key,
         categorical_covariate_keys: params.categorical_covariate_keys,
         gene_id_column:             params.reference_gene_id_column,
+        layer:                      params.reference_layer,
     ]
     // how large one mapping model may be before it is split into shards (docs/usage.md, "Large data")
     def memoryModel = file("${projectDir}/assets/memory_model.json")
@@ -144,6 +188,13 @@ workflow {
         .collectFile(name: 'qc_summary.csv', keepHeader: true, skip: 1, sort: true)
         .subscribe { summary -> qcSummary.parent.mkdirs(); summary.copyTo(qcSummary) }
 
+    // the steps' warnings, in the console as they come and in pipeline_info/warnings.txt
+    CELL2LOCATION.out.warnings
+        .map { label, txt -> txt.readLines().findAll { it.trim() }.collect { line -> "${label}: ${line}" } }
+        .filter { it }
+        .map { lines -> lines.each { line -> log.warn line }; lines.join('\n') + '\n' }
+        .collectFile(name: 'warnings.txt', sort: true, storeDir: "${params.outdir}/pipeline_info")
+
     def ch_versions_file = CELL2LOCATION.out.versions
         .unique()
         .collectFile(name: 'software_versions.yml', sort: true, newLine: false,
@@ -163,6 +214,7 @@ workflow {
         Channel.of(paramsJson).collectFile(name: 'params.json', newLine: true),
         rows.collect { it[0].id },
     )
+    MULTIQC.out.warnings.subscribe { txt -> txt.readLines().findAll { it.trim() }.each { line -> log.warn "MULTIQC: ${line}" } }
 }
 
 workflow.onComplete {

@@ -112,6 +112,16 @@ def test_h5ad_without_spatial_coordinates(tmp_path):
           outdir=tmp_path / "out", case="h5ad without spatial coordinates", step="read-visium")
 
 
+def test_h5ad_with_coordinates_under_another_key(tmp_path):
+    adata = plain_section()
+    adata.obsm["X_spatial"] = adata.obsm.pop("spatial")
+    path = write(adata, tmp_path / "xspatial.h5ad")
+    result = invoke("read-visium", "--sample", "S2", "--h5ad", path, "--outdir", tmp_path / "out", expect=None)
+    check(result, 1, "sample 'S2', field 'h5ad': the h5ad has no spot coordinates (obsm['spatial'] with x, y columns); "
+          "its obsm has X_spatial: store the x, y coordinates as obsm['spatial']", outdir=tmp_path / "out",
+          case="h5ad with its coordinates in obsm['X_spatial']", step="read-visium")
+
+
 def test_normalised_spatial_counts(tmp_path):
     adata = plain_section()
     adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))
@@ -338,3 +348,314 @@ def test_plot_unmapped_section(mtx_section, tmp_path):
     check(result, 1, "sample 'mtx', field 'q05_cell_abundance_w_sf': obsm['q05_cell_abundance_w_sf'] is missing",
           "run map_cells on this section first", outdir=tmp_path / "out", case="plotting a section that was not mapped",
           step="plot-spatial")
+
+
+# ---------------------------------------------------------------- issue 14: inputs as users really have them
+
+
+def warnings_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_duplicated_barcode_in_spaceranger_matrix(tmp_path):
+    """Two matrix rows with one barcode would silently share one spot's coordinates."""
+    sr = tmp_path / "dup"
+    shutil.copytree(require(FIXTURES / "mouse_brain_mtx_50x50"), sr)
+    barcodes = sr / "outs" / "raw_feature_bc_matrix" / "barcodes.tsv"
+    lines = barcodes.read_text().splitlines()
+    in_tissue = pd.read_csv(sr / "outs" / "spatial" / "tissue_positions_list.csv", header=None)
+    kept = set(in_tissue.loc[in_tissue[1] == 1, 0])
+    first, second = [i for i, b in enumerate(lines) if b in kept][:2]
+    lines[second] = lines[first]
+    barcodes.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "dup", "--spaceranger-dir", sr, "--outdir", out, expect=None)
+    check(result, 1, "sample 'dup', field 'spaceranger_dir': 1 spot barcode(s) appear more than once in the matrix "
+          f"raw_feature_bc_matrix (e.g. {lines[first]})", outdir=out,
+          case="a spot barcode twice in the Space Ranger matrix", step="read-visium")
+
+
+def test_duplicated_barcode_in_positions(tmp_path):
+    sr = tmp_path / "dup"
+    shutil.copytree(require(FIXTURES / "mouse_brain_mtx_50x50"), sr)
+    positions = sr / "outs" / "spatial" / "tissue_positions_list.csv"
+    lines = positions.read_text().splitlines()
+    positions.write_text("\n".join(lines + [lines[0]]) + "\n")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "dup", "--spaceranger-dir", sr, "--outdir", out, expect=None)
+    check(result, 1, "sample 'dup', field 'spaceranger_dir': 1 spot barcode(s) appear more than once in the positions "
+          f"file (e.g. {lines[0].split(',')[0]})", outdir=out, case="a spot barcode twice in the positions file",
+          step="read-visium")
+
+
+def test_duplicated_barcode_in_h5ad(tmp_path):
+    adata = plain_section()
+    names = list(adata.obs_names)
+    names[5] = names[2]
+    adata.obs_names = names
+    path = write(adata, tmp_path / "dup.h5ad")
+    out = tmp_path / "out"
+    result = run_c2l("read-visium", "--sample", "S7", "--h5ad", path, "--outdir", out, expect=None)
+    assert ".py:" not in result.stderr, result.stderr   # no library warning with its source line around the error
+    check(result, 1, "sample 'S7', field 'h5ad': 1 spot barcode(s) appear more than once in obs_names (e.g. AAAC0002-1)",
+          outdir=out, case="a spot barcode twice in an h5ad section", step="read-visium")
+
+
+def normalised_with_counts(adata: ad.AnnData, where: str) -> ad.AnnData:
+    """`adata` with log-normalised X and its counts kept as users keep them: layers['counts'] or .raw."""
+    counts = adata.X.copy()
+    if where == "raw":
+        adata.raw = adata.copy()
+    else:
+        adata.layers[where] = counts
+    dense = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    adata.X = sp.csr_matrix(np.log1p(dense / np.maximum(dense.sum(axis=1, keepdims=True), 1) * 1e4))
+    return adata
+
+
+@pytest.mark.parametrize("where, hint", [("counts", "layers['counts'] holds raw counts: set the samplesheet's "
+                                                    "column 'layer' to counts"),
+                                         ("raw", ".raw holds raw counts: set the samplesheet's column 'layer' to raw")])
+def test_normalised_section_names_its_counts(tmp_path, where, hint):
+    """The error names the layer (or .raw) that holds the counts, and that choice then reads the section."""
+    original = plain_section()
+    path = write(normalised_with_counts(original.copy(), where), tmp_path / "norm.h5ad")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "S8", "--h5ad", path, "--outdir", out, expect=None)
+    check(result, 1, "sample 'S8', field 'h5ad (counts)': non-integer values found", hint, outdir=out,
+          case=f"normalised X, counts in {'.raw' if where == 'raw' else 'a layer'}: the error names it",
+          step="read-visium")
+    invoke("read-visium", "--sample", "S8", "--h5ad", path, "--layer", where, "--outdir", tmp_path / "ok")
+    read = ad.read_h5ad(tmp_path / "ok" / "S8.h5ad")
+    np.testing.assert_array_equal(read.X.toarray(), original.X.toarray())
+    assert list(read.var_names) == list(original.var_names) and read.obsm["spatial"].shape == (30, 2)
+
+
+@pytest.mark.parametrize("layer, section, message", [
+    ("counts", "plain", "no layer 'counts' in the file (layers: none)"),
+    ("raw", "plain", "the file has no .raw (layers: none)"),
+    ("lognorm", "lognorm", "(the chosen layer 'lognorm' does not hold raw counts either)"),
+])
+def test_section_layer_errors(tmp_path, layer, section, message):
+    adata = plain_section()
+    if section == "lognorm":
+        adata.layers["lognorm"] = sp.csr_matrix(np.log1p(adata.X.toarray()))
+    path = write(adata, tmp_path / "s.h5ad")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "S9", "--h5ad", path, "--layer", layer, "--outdir", out, expect=None)
+    check(result, 1, "sample 'S9', field 'layer", message, outdir=out, case=f"samplesheet layer '{layer}': {message}",
+          step="read-visium")
+
+
+def test_layer_with_spaceranger_dir_is_a_usage_error(tmp_path):
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "S1", "--spaceranger-dir", require(FIXTURES / "human_sr1_100x100"),
+                    "--layer", "counts", "--outdir", out, expect=None)
+    check(result, 2, "--layer is for --h5ad sections (a Space Ranger matrix holds raw counts)", outdir=out,
+          case="--layer with --spaceranger-dir", step="read-visium")
+
+
+def test_duplicated_gene_ids_warn_in_the_warnings_file(tmp_path):
+    adata = plain_section(genes=("G1", "G2", "G2", "G4", "G5"))
+    path = write(adata, tmp_path / "dupgenes.h5ad")
+    warnings = tmp_path / "c2l.warnings.txt"
+    invoke("--warnings-file", warnings, "read-visium", "--sample", "S10", "--h5ad", path, "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == ["sample S10: 1 duplicated gene id(s) renamed with a -1, -2... suffix (e.g. G2): "
+                                     "the renamed copies match no reference gene"]
+    assert "G2-1" in ad.read_h5ad(tmp_path / "ok" / "S10.h5ad").var_names
+
+
+# ---------------------------------------------------------------- issue 14: the reference
+
+
+@pytest.mark.parametrize("case, column, message", [
+    ("unique", "cell_id", "column 'cell_id' has a different value in every cell (330 cells): it cannot be a batch"),
+    ("numeric", "nUMI_full_transcriptome", "column 'nUMI_full_transcriptome' has a different value in every cell"),
+])
+def test_batch_key_with_one_value_per_cell(small_reference, tmp_path, case, column, message):
+    """Every cell its own batch: a meaningless model, so an error (a numeric measurement is the usual mistake)."""
+    ref = small_reference.copy()
+    ref.obs["cell_id"] = ref.obs_names.astype(str)
+    ref.obs["nUMI_full_transcriptome"] = np.arange(ref.n_obs) + 1000.5   # as users have them: one value per cell
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--batch-key", column,
+                    "--outdir", out, expect=None)
+    check(result, 1, "sample 'reference', field 'batch_key':", message, outdir=out,
+          case=f"batch_key with one value per cell ({case})", step="filter-reference, train-reference")
+
+
+def test_covariate_with_one_value_per_cell(small_reference, tmp_path):
+    ref = small_reference.copy()
+    ref.obs["barcode"] = ref.obs_names.astype(str)
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--categorical-covariate-keys",
+                    "sample,barcode", "--outdir", out, expect=None)
+    check(result, 1, "field 'categorical_covariate_keys': column 'barcode' has a different value in every cell", outdir=out,
+          case="a categorical covariate with one value per cell", step="filter-reference, train-reference")
+
+
+def test_batch_key_with_many_values_warns(small_reference, tmp_path):
+    """More batches than a tenth of the cells: accepted, with a warning that names the column."""
+    ref = small_reference.copy()
+    ref.obs["well"] = [f"w{i // 5}" for i in range(ref.n_obs)]   # 66 wells for 330 cells
+    path = write(ref, tmp_path / "ref.h5ad")
+    warnings = tmp_path / "w.txt"
+    invoke("--warnings-file", warnings, "filter-reference", "--reference", path, "--labels-key", "cell_type",
+           "--batch-key", "well", "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == ["reference: column 'well' (batch_key) has 66 distinct values for 330 cells: more "
+                                     "batches than a tenth of the cells; is it really a batch?"]
+    assert (tmp_path / "ok" / "reference_filtered.h5ad").is_file()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "column 'cell_type' has 3 empty value(s) ('' or only spaces)"),
+    ("  ", "column 'cell_type' has 3 empty value(s) ('' or only spaces)"),
+    ("nan", "column 'cell_type' has 3 value(s) 'nan': a missing value written as text"),
+])
+def test_empty_or_textual_missing_labels(small_reference, tmp_path, value, message):
+    """Labels that look like a type with no name are named as what they are."""
+    ref = small_reference.copy()
+    labels = ref.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[[0, 40, 80]] = value
+    ref.obs["cell_type"] = labels
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--outdir", out, expect=None)
+    check(result, 1, "sample 'reference', field 'labels_key':", message, "label those cells or drop them", outdir=out,
+          case=f"labels {value!r}", step="filter-reference, train-reference")
+
+
+@pytest.mark.parametrize("where, hint", [("counts", "layers['counts'] holds raw counts: set --reference_layer to counts"),
+                                         ("raw", ".raw holds raw counts: set --reference_layer to raw")])
+def test_normalised_reference_names_its_counts(small_reference, tmp_path, where, hint):
+    ref = normalised_with_counts(small_reference.copy(), where)
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--outdir", out, expect=None)
+    check(result, 1, "field 'reference (counts)': non-integer values found", hint, outdir=out,
+          case=f"normalised reference X, counts in {'.raw' if where == 'raw' else 'a layer'}: the error names it",
+          step="filter-reference")
+    invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--layer", where,
+           "--outdir", tmp_path / "ok")
+    filtered = ad.read_h5ad(tmp_path / "ok" / "reference_filtered.h5ad")
+    X = filtered.X.toarray() if sp.issparse(filtered.X) else np.asarray(filtered.X)
+    assert filtered.n_vars > 10 and np.all(X == np.round(X)) and X.max() > 10   # counts, not log values
+
+
+def test_reference_layer_missing(small_reference, tmp_path):
+    path = write(normalised_with_counts(small_reference.copy(), "counts"), tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--layer", "raw_counts",
+                    "--outdir", out, expect=None)
+    check(result, 1, "sample 'reference', field 'reference_layer': no layer 'raw_counts' in the file (layers: counts)",
+          outdir=out, case="--reference_layer naming a layer the reference lacks", step="filter-reference")
+
+
+def test_few_cells_per_type_warn(small_reference, tmp_path):
+    ref = small_reference
+    vsmc = np.flatnonzero(ref.obs["cell_type"].astype(str) == "VSMC")
+    keep = np.setdiff1d(np.arange(ref.n_obs), vsmc[6:])
+    path = write(ref[keep].copy(), tmp_path / "ref.h5ad")
+    warnings = tmp_path / "w.txt"
+    invoke("--warnings-file", warnings, "filter-reference", "--reference", path, "--labels-key", "cell_type",
+           "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == ["reference: 1 cell type(s) with fewer than 10 cells (VSMC (6)): their signatures "
+                                     "rest on very few cells"]
+
+
+def test_duplicated_reference_genes_warn(small_reference, tmp_path):
+    ref = small_reference.copy()
+    names = list(ref.var_names)
+    names[1] = names[0]
+    ref.var_names = names
+    path = write(ref, tmp_path / "ref.h5ad")
+    warnings = tmp_path / "w.txt"
+    invoke("--warnings-file", warnings, "filter-reference", "--reference", path, "--labels-key", "cell_type",
+           "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == [f"reference: 1 duplicated gene id(s) renamed with a -1, -2... suffix (e.g. "
+                                     f"{names[0]}); they will not match the sections' genes"]
+
+
+@pytest.fixture(scope="module")
+def ensembl_spaceranger(tmp_path_factory) -> tuple[Path, dict]:
+    """The lymph node Space Ranger folder (symbols as ids) rewritten as Space Ranger writes human data: Ensembl
+    ids in features.tsv column 1, symbols in column 2 (a matrix folder; the ids are made up, one per symbol)."""
+    import scipy.io
+
+    from c2lnf.read_visium import read_10x_h5
+
+    sr, _ = read_10x_h5(require(LYMPH_NODE / "visium" / "filtered_feature_bc_matrix.h5"), "ln")
+    folder = tmp_path_factory.mktemp("ensembl_sr") / "ln_ensembl"
+    matrix = folder / "filtered_feature_bc_matrix"
+    matrix.mkdir(parents=True)
+    shutil.copytree(LYMPH_NODE / "visium" / "spatial", folder / "spatial")
+    to_ensembl = {g: f"ENSG{900000 + i:011d}" for i, g in enumerate(sr.var["SYMBOL"])}
+    scipy.io.mmwrite(matrix / "matrix.mtx", sp.csr_matrix(sr.X).T.astype(np.int64))
+    pd.DataFrame({"id": [to_ensembl[g] for g in sr.var["SYMBOL"]], "name": sr.var["SYMBOL"],
+                  "type": "Gene Expression"}).to_csv(matrix / "features.tsv", sep="\t", header=False, index=False)
+    pd.Series(sr.obs_names).to_csv(matrix / "barcodes.tsv", sep="\t", header=False, index=False)
+    return folder, to_ensembl
+
+
+@pytest.fixture(scope="module")
+def cellxgene_reference(ensembl_spaceranger, tmp_path_factory) -> Path:
+    """The lymph node reference as CELLxGENE publishes one: Ensembl var_names, symbols in var['feature_name'],
+    normalised X, raw counts in .raw (the same made-up Ensembl ids as `ensembl_spaceranger`)."""
+    _, to_ensembl = ensembl_spaceranger
+    ref = ad.read_h5ad(require(LYMPH_NODE / "reference.h5ad"))
+    ref = ref[:, [g for g in ref.var_names if g in to_ensembl]].copy()
+    symbols = ref.var_names.astype(str)
+    ref.var = pd.DataFrame({"feature_name": pd.Categorical(symbols), "feature_biotype": "gene"},
+                           index=pd.Index([to_ensembl[g] for g in symbols]))
+    ref = normalised_with_counts(ref, "raw")
+    path = tmp_path_factory.mktemp("cellxgene") / "cellxgene.h5ad"
+    ref.write_h5ad(path)
+    return path
+
+
+def test_cellxgene_reference_matches_spaceranger_without_options(cellxgene_reference, ensembl_spaceranger, tmp_path):
+    """--reference_layer raw is the only option: the genes are Ensembl ids like the section's, symbols kept."""
+    from c2lnf.map_cells import shared_genes
+
+    folder, to_ensembl = ensembl_spaceranger
+    result = invoke("filter-reference", "--reference", cellxgene_reference, "--labels-key", "cell_type",
+                    "--outdir", tmp_path / "x", expect=None)
+    check(result, 1, ".raw holds raw counts: set --reference_layer to raw", outdir=tmp_path / "x",
+          case="CELLxGENE reference without --reference_layer", step="filter-reference")
+    invoke("filter-reference", "--reference", cellxgene_reference, "--labels-key", "cell_type", "--layer", "raw",
+           "--outdir", tmp_path / "ref")
+    invoke("read-visium", "--sample", "ln", "--spaceranger-dir", folder, "--outdir", tmp_path / "sec")
+    filtered = ad.read_h5ad(tmp_path / "ref" / "reference_filtered.h5ad")
+    section = ad.read_h5ad(tmp_path / "sec" / "ln.h5ad")
+    assert filtered.n_vars > 300 and all(g.startswith("ENSG") for g in filtered.var_names)
+    assert all(g.startswith("ENSG") for g in section.var_names)
+    symbol_of = {v: k for k, v in to_ensembl.items()}
+    assert [symbol_of[g] for g in filtered.var_names] == list(filtered.var["SYMBOL"])   # feature_name kept as SYMBOL
+    sig = pd.DataFrame(1.0, index=filtered.var_names, columns=["A", "B"])
+    assert len(shared_genes({"ln": section}, sig)) == filtered.n_vars
+
+
+# ---------------------------------------------------------------- issue 14: map-cells
+
+
+def test_section_too_small_to_map(tmp_path):
+    adata = plain_section(n_spots=1, genes=[f"G{i}" for i in range(20)])
+    path = write(adata, tmp_path / "tiny.h5ad")
+    signatures_for(adata.var_names).to_csv(tmp_path / "sig.csv")
+    result = map_cells(path, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
+    check(result, 1, "sample 'tiny', field 'spots': 1 spot(s): a section needs at least 10 spots to be mapped",
+          outdir=tmp_path / "out", case="a section of one spot", step="map-cells")
+
+
+def test_genes_match_only_ignoring_case(mtx_section, tmp_path):
+    """A human reference (CD74) against a mouse section (Cd74): the hint says what is going on."""
+    section = ad.read_h5ad(mtx_section)
+    sig = signatures_for([s.upper() for s in section.var["SYMBOL"] if s != s.upper()])
+    sig.to_csv(tmp_path / "sig.csv")
+    n = len(set(sig.index))
+    result = map_cells(mtx_section, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
+    check(result, 1, "sample 'mtx', field 'genes': no gene in common with the reference signatures",
+          f"({n} match when upper and lower case are ignored, e.g.", "different species, e.g. human and mouse?",
+          outdir=tmp_path / "out", case="genes that match only ignoring case (human vs mouse)", step="map-cells")

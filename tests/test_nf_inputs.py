@@ -68,6 +68,59 @@ CASES = {
     "neither_reference_nor_signatures": (
         f"sample,spaceranger_dir\nln,{VISIUM}\n", ["--input_base_dir", "{testdata}"], "local",
         "--reference or --signatures: one is required"),
+    # issue 14
+    "same_folder_twice": (
+        f"sample,spaceranger_dir\na,{VISIUM}\nb,{VISIUM}/\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'b': field 'spaceranger_dir' is the same section as row 2 (sample 'a'): "),
+    "same_h5ad_twice": (
+        f"sample,h5ad\na,{H5AD}\nb,lymph_node/../{H5AD}\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'b': field 'h5ad' is the same section as row 2 (sample 'a'): "),
+    "bom_in_header": (   # Excel's "CSV UTF-8": the header still parses (the duplicate is found, not 'missing column')
+        f"\ufeffsample,spaceranger_dir\nln,{VISIUM}\nln,{VISIUM}\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' is duplicated (also row 2)"),
+    "crlf_line_ends": (   # Windows line ends: parsed as usual (the duplicate is found)
+        f"sample,spaceranger_dir\r\nln,{VISIUM}\r\nln,{VISIUM}\r\n", [], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' is duplicated (also row 2)"),
+    "semicolons": (
+        f"sample;spaceranger_dir\nln;{VISIUM}\n", [], "test,local",
+        "Samplesheet {sheet}: the header is separated by semicolons, not commas; save it as comma-separated CSV"),
+    "excel_workbook": (
+        None, ["--input", "{folder}/samplesheet.xlsx"], "test,local",
+        "Samplesheet {folder}/samplesheet.xlsx: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)"),
+    "tilde_path": (
+        "sample,spaceranger_dir\nln,~/visium\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'spaceranger_dir': path does not exist: {testdata}/~/visium "
+        "('~' is not expanded in a samplesheet: give the full path)"),
+    "column_case": (
+        f"Sample,spaceranger_dir\nln,{VISIUM}\n", [], "test,local",
+        "Samplesheet {sheet}: column 'Sample' must be written 'sample' (column names are case-sensitive)"),
+    "unnamed_column": (
+        f"sample,spaceranger_dir,\nln,{VISIUM},x\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': column 3 has the value 'x' but no name in the header"),
+    "layer_on_spaceranger_row": (
+        f"sample,spaceranger_dir,layer\nln,{VISIUM},counts\n", [], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': field 'layer' needs the field 'h5ad'"),
+    "outdir_is_a_file": (
+        None, ["--outdir", "{folder}/afile.txt"], "test,local",
+        "--outdir: {folder}/afile.txt is a file, not a folder"),
+    "outdir_under_a_file": (
+        None, ["--outdir", "{folder}/afile.txt/results"], "test,local",
+        "--outdir: cannot create {folder}/afile.txt/results: {folder}/afile.txt is a file, not a folder"),
+    "outdir_empty": (
+        None, ["--outdir", ""], "test,local",
+        "--outdir: needs a path, got none (--outdir without a value?)"),
+    "reference_is_a_folder": (
+        None, ["--reference", "{testdata}/lymph_node"], "test,local",
+        "--reference: {testdata}/lymph_node is a folder, expected a file"),
+    "reference_without_value": (
+        None, ["--reference"], "test,local",
+        "--reference: needs a path, got none (--reference without a value?)"),
+    "input_base_dir_missing": (
+        None, ["--input_base_dir", "{folder}/nowhere"], "test,local",
+        "--input_base_dir: folder not found: {folder}/nowhere"),
+    "signatures_missing": (
+        f"sample,spaceranger_dir\nln,{VISIUM}\n", ["--input_base_dir", "{testdata}", "--signatures", "{folder}/none.csv"],
+        "local", "--signatures: file not found: {folder}/none.csv"),
     "reference_without_labels_key": (
         f"sample,spaceranger_dir\nln,{VISIUM}\n",
         ["--input_base_dir", "{testdata}", "--reference", str(LYMPH_NODE / "reference.h5ad")], "local",
@@ -76,7 +129,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("bad_inputs")
     sig = root / "signatures.csv"
     sig.write_text("gene,A,B\nG1,1,2\nG2,3,4\n")
@@ -85,23 +138,29 @@ def results(tmp_path_factory):
         text, extra, profile, _ = CASES[case]
         folder = root / case
         folder.mkdir()
+        (folder / "afile.txt").write_text("not a folder\n")
+        (folder / "samplesheet.xlsx").write_bytes(b"PK\x03\x04 an Excel workbook is a zip file")
         args = []
         if text is not None:
             sheet = folder / "samplesheet.csv"
             sheet.write_text(text)
             args += ["--input", sheet]
-        args += [a.format(sig=sig, testdata=LYMPH_NODE.parent) for a in extra]
+        args += [a.format(sig=sig, testdata=LYMPH_NODE.parent, folder=folder) for a in extra]
         return case, run_nf(folder, *args, profile=profile, timeout=300)
 
+    # only the cases this session runs (pytest -k selects a few without launching all of them)
+    wanted = [case for case in CASES if any(getattr(item, "callspec", None) is not None
+                                            and item.callspec.params.get("case") == case
+                                            for item in request.session.items)]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(pool.map(launch, CASES))
+        return dict(pool.map(launch, wanted))
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(results, case):
     run = results[case]
     sheet = run.launch / "samplesheet.csv"
-    expected = CASES[case][3].format(sheet=sheet)
+    expected = CASES[case][3].format(sheet=sheet, folder=run.launch, testdata=LYMPH_NODE.parent)
     assert run.returncode == 1, run.describe()
     lines = [line for line in run.output.splitlines() if expected in line]
     assert len(lines) == 1, f"expected one line containing {expected!r}\n{run.describe()}"
@@ -123,3 +182,50 @@ def test_data_error_inside_a_task(tmp_path_factory):
     assert [(r["status"], r["exit"]) for r in rows] == [("FAILED", "1")]
     assert not (run.outdir / "read_visium").exists()
     assert not (run.outdir / "map_cells").exists()
+
+
+def test_task_warnings_reach_the_console_and_pipeline_info(tmp_path_factory):
+    """A warning of a c2l step (here: duplicated gene ids renamed by READ_VISIUM) is shown by Nextflow (WARN:) and
+    written to pipeline_info/warnings.txt, not only to the task's .command.err; the task's c2l.warnings.txt is
+    not published with the step's outputs. The section keeps normalised values in X and its counts in
+    layers['counts'], named by the samplesheet's `layer` column."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    folder = tmp_path_factory.mktemp("warnings")
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(19)] + ["G3"]
+    counts = rng.poisson(5.0, size=(40, 20)).astype(np.float32) + 1
+    adata = ad.AnnData(X=sp.csr_matrix(np.log1p(counts)),
+                       obs=pd.DataFrame(index=[f"AAAC{i:04d}-1" for i in range(40)]), var=pd.DataFrame(index=genes))
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    adata.obsm["spatial"] = rng.uniform(0, 2000, size=(40, 2))
+    adata.write_h5ad(folder / "w.h5ad")
+    sig = pd.DataFrame(rng.uniform(0.1, 5, size=(19, 3)), index=genes[:19], columns=["A", "B", "C"])
+    sig.index.name = "gene"
+    sig.to_csv(folder / "sig.csv")
+    (folder / "samplesheet.csv").write_text("sample,h5ad,layer\nw,w.h5ad,counts\n")
+    run = run_nf(folder, "--input", folder / "samplesheet.csv", "--signatures", folder / "sig.csv",
+                 "--map_max_epochs", "3", "--map_min_epochs", "1", "--map_num_samples", "2", profile="local")
+    assert run.returncode == 0, run.describe()
+    line = ("READ_VISIUM w: sample w: 1 duplicated gene id(s) renamed with a -1, -2... suffix (e.g. G3): "
+            "the renamed copies match no reference gene")
+    assert [x for x in run.output.splitlines() if line in x and "WARN" in x], run.describe()
+    assert (run.outdir / "pipeline_info" / "warnings.txt").read_text().splitlines() == [line]
+    published = {p.name for p in run.outdir.rglob("*")}
+    assert "c2l.warnings.txt" not in published and "w.h5ad" in published, sorted(published)
+    read = ad.read_h5ad(run.outdir / "read_visium" / "w.h5ad")
+    np.testing.assert_array_equal(read.X.toarray(), counts)   # the counts layer, not the log values of X
+
+
+def test_reference_layer_reaches_filter_reference(tmp_path_factory):
+    """--reference_layer goes to FILTER_REFERENCE (here a layer the reference lacks: its one-line data error)."""
+    run = run_nf(tmp_path_factory.mktemp("reference_layer"), "--reference_layer", "counts", profile="test,local")
+    assert run.returncode == 1, run.describe()
+    message = "Error: sample 'reference', field 'reference_layer': no layer 'counts' in the file (layers: none)"
+    assert any(message in line for line in run.output.splitlines()), run.describe()
+    assert "Traceback" not in run.output, run.describe()
+    assert [(r["status"], r["exit"]) for r in run.tasks("FILTER_REFERENCE")] == [("FAILED", "1")]
+    assert not (run.outdir / "filter_reference").exists()

@@ -102,7 +102,17 @@ workflow CELL2LOCATION {
     COLOCATION(ch_all_mapped)
     ch_versions = ch_versions.mix(COLOCATION.out.versions)
 
+    // every step's warnings (c2l.warnings.txt, when it has any) as [ 'STEP id', file ], for main.nf to show
+    ch_warnings = Channel.empty()
+    [READ_VISIUM: READ_VISIUM.out.warnings, FILTER_REFERENCE: FILTER_REFERENCE.out.warnings,
+     TRAIN_REFERENCE: TRAIN_REFERENCE.out.warnings, MAP_CELLS: MAP_CELLS.out.warnings,
+     MERGE_SHARDS: MERGE_SHARDS.out.warnings, PLOT_SPATIAL: PLOT_SPATIAL.out.warnings,
+     REGIONS: REGIONS.out.warnings, COLOCATION: COLOCATION.out.warnings].each { step, ch ->
+        ch_warnings = ch_warnings.mix(ch.map { meta, txt -> ["${step} ${meta.shard ? "${meta.id} ${meta.shard.tag}" : meta.id}", txt] })
+    }
+
     emit:
+    warnings     = ch_warnings
     sections     = READ_VISIUM.out.h5ad
     qc           = READ_VISIUM.out.qc
     signatures   = ch_sig

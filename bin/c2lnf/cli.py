@@ -155,13 +155,15 @@ def _prefix_option(default: str | None, what: str):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="c2l")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logs.")
+@click.option("--warnings-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also append every warning to this file (the pipeline shows them in its console and report).")
 @click.option("--pipeline-digest", default=None, hidden=True,
               help="Digest of this package stamped by the pipeline so that -resume notices code changes.")
-def cli(verbose: bool, pipeline_digest: str | None) -> None:
+def cli(verbose: bool, warnings_file: Path | None, pipeline_digest: str | None) -> None:
     """cell2location-nf: the steps of the cell2location workflow, one subcommand each."""
     from .runtime import package_digest, setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, warnings_file)
     if pipeline_digest and pipeline_digest != package_digest():
         LOG.warning(
             "this c2l (%s, package digest %s) is not the pipeline's bin/ (digest %s): a container image built "
@@ -179,20 +181,24 @@ def cli(verbose: bool, pipeline_digest: str | None) -> None:
 @click.option("--obs", multiple=True, callback=_key_values,
               help="KEY=VALUE descriptive metadata written as a constant obs column (repeatable).")
 @click.option("--drop-empty-spots", is_flag=True, help="Drop spots without counts instead of failing.")
+@click.option("--layer", default=None,
+              help="With --h5ad: the layer holding the raw counts when X does not, or 'raw' for .raw.X (with .raw.var).")
 @click.option("--bin-size", type=click.Choice(["8", "16"]), default=None,
               help="Visium HD (Space Ranger >= 3): read binned_outputs/square_0NNum at this bin size in um [default for HD: 16].")
 @_prefix_option(None, "default: the sample id")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for <prefix>.h5ad and <prefix>.qc.csv.")
 @domain_errors
-def read_visium_cmd(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, bin_size, prefix, outdir):
+def read_visium_cmd(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, layer, bin_size, prefix, outdir):
     """Read one Visium section: counts, positions, images; MT genes to obsm['MT']; QC numbers."""
     from .read_visium import run
 
     if (spaceranger_dir is None) == (h5ad is None):
         raise click.UsageError("give exactly one of --spaceranger-dir or --h5ad")
+    if layer and spaceranger_dir is not None:
+        raise click.UsageError("--layer is for --h5ad sections (a Space Ranger matrix holds raw counts)")
     run(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, outdir, prefix or sample,
-        None if bin_size is None else int(bin_size))
+        None if bin_size is None else int(bin_size), layer)
 
 
 def reference_options(func):
@@ -212,6 +218,8 @@ def reference_options(func):
 @cli.command("filter-reference")
 @reference_options
 @click.option("--gene-id-column", default=None, help="var column to use as gene ids (the tutorial's GeneID-2); default var_names.")
+@click.option("--layer", default=None,
+              help="The layer holding the raw counts when X does not, or 'raw' for .raw.X with .raw.var (CELLxGENE).")
 @click.option("--cell-count-cutoff", type=int, default=DEFAULTS["cell_count_cutoff"], show_default=True,
               help="filter_genes: cell_count_cutoff.")
 @click.option("--cell-percentage-cutoff2", type=float, default=DEFAULTS["cell_percentage_cutoff2"], show_default=True,
@@ -224,13 +232,13 @@ def reference_options(func):
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the outputs.")
 @domain_errors
-def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column,
+def filter_reference_cmd(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, layer,
                          cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, prefix, outdir):
     """Check the reference and keep the genes that pass cell2location's filter_genes."""
     from .filter_reference import run
 
     run(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, cell_count_cutoff,
-        cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, outdir, prefix)
+        cell_percentage_cutoff2, nonz_mean_cutoff, min_cells_per_type, outdir, prefix, layer)
 
 
 @cli.command("train-reference")

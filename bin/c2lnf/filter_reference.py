@@ -11,9 +11,55 @@ import pandas as pd
 
 from .counts import check_raw_counts
 from .errors import C2LError
+from .genes import looks_ensembl
 
 LOG = logging.getLogger("c2l.filter_reference")
 REFERENCE = "reference"
+
+
+#: a batch key with more distinct values than this fraction of the cells is most likely not a batch
+BATCH_FRACTION_WARN = 0.1
+#: cell types with fewer cells than this get a warning: their signature is the mean of a handful of cells
+FEW_CELLS_WARN = 10
+#: labels that are missing values written out as text
+MISSING_TEXT = {"nan", "none", "na", "n/a", "null", "<na>"}
+
+
+def check_labels(labels: pd.Series, key: str, field: str) -> None:
+    """Missing, empty or whitespace-only labels, and missing values written as text ('nan'), named as such."""
+    if labels.isna().any():
+        raise C2LError(f"column '{key}' has {int(labels.isna().sum())} missing value(s)", REFERENCE, field)
+    text = labels.astype(str)
+    empty = text.str.strip() == ""
+    if empty.any():
+        raise C2LError(f"column '{key}' has {int(empty.sum())} empty value(s) (\'\' or only spaces); "
+                       "label those cells or drop them", REFERENCE, field)
+    as_text = text.str.strip().str.lower().isin(MISSING_TEXT)
+    if as_text.any():
+        word = text[as_text].iloc[0]
+        raise C2LError(f"column '{key}' has {int(as_text.sum())} value(s) '{word}': a missing value written as text; "
+                       "label those cells or drop them", REFERENCE, field)
+
+
+def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) -> None:
+    """A batch (or covariate) column with one value per cell is an error; with more than a tenth of the cells as
+    distinct values, a warning: each level gets its own parameters, so such a column makes a meaningless model."""
+    n, levels = len(values), values.astype(str).nunique()
+    if n > 1 and levels == n:
+        raise C2LError(f"column '{key}' has a different value in every cell ({n} cells): it cannot be a batch "
+                       "(a cell id or a numeric measurement?); name the donor, sample or 10x reaction column",
+                       REFERENCE, field)
+    if warn and levels > BATCH_FRACTION_WARN * n:
+        LOG.warning("reference: column '%s' (%s) has %d distinct values for %d cells: more batches than a tenth of "
+                    "the cells; is it really a batch?", key, field, levels, n)
+
+
+def symbols_column(adata: ad.AnnData) -> pd.Series | None:
+    """Gene symbols kept in a var column beside Ensembl var_names (CELLxGENE: feature_name), or None."""
+    for col in ("SYMBOL", "feature_name", "gene_symbols", "gene_symbol", "gene_name", "symbol"):
+        if col in adata.var:
+            return adata.var[col].astype(str)
+    return None
 
 
 def load_reference(
@@ -23,8 +69,13 @@ def load_reference(
     categorical_covariate_keys: list[str] | None = None,
     gene_id_column: str | None = None,
     min_cells_per_type: int = 5,
+    layer: str | None = None,
+    warn: bool = True,
 ) -> ad.AnnData:
-    """Read a reference h5ad and check it: raw counts, annotation columns, enough cells per type."""
+    """Read a reference h5ad and check it: raw counts (X, a layer, or `.raw` with `layer='raw'`), annotation
+    columns, enough cells per type. `warn=False`: no warnings (train-reference, after filter-reference gave them)."""
+    from .counts import select_counts
+
     try:
         adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:
@@ -37,9 +88,14 @@ def load_reference(
         if key not in adata.obs:
             cols = ", ".join(map(str, adata.obs.columns[:12]))
             raise C2LError(f"column '{key}' is not in the reference obs (columns: {cols})", REFERENCE, field)
-        if adata.obs[key].isna().any():
-            raise C2LError(f"column '{key}' has {int(adata.obs[key].isna().sum())} missing value(s)", REFERENCE, field)
-    check_raw_counts(adata.X, REFERENCE, field="reference (counts)")
+        check_labels(adata.obs[key], key, field)
+        if field != "labels_key":
+            check_batches(adata.obs[key], key, field, warn)
+    source = adata
+    adata = select_counts(adata, layer, REFERENCE, "reference_layer")
+    where = "reference (counts)" if not layer else f"reference ({'.raw' if layer == 'raw' else f'layer {layer}'})"
+    check_raw_counts(adata.X, REFERENCE, field=where, adata=None if layer else source, option="--reference_layer",
+                     chosen=layer)
     if gene_id_column:
         if gene_id_column not in adata.var:
             raise C2LError(
@@ -50,7 +106,12 @@ def load_reference(
         adata.var["SYMBOL"] = adata.var_names.astype(str)
         adata.var_names = pd.Index(adata.var[gene_id_column].astype(str).to_numpy())
     elif "SYMBOL" not in adata.var:
-        adata.var["SYMBOL"] = adata.var_names.astype(str)
+        symbols = symbols_column(adata) if looks_ensembl(adata.var_names) else None
+        adata.var["SYMBOL"] = symbols.to_numpy() if symbols is not None else adata.var_names.astype(str)
+    duplicated = adata.var_names[adata.var_names.duplicated()]
+    if warn and len(duplicated):
+        LOG.warning("reference: %d duplicated gene id(s) renamed with a -1, -2... suffix (e.g. %s); they will not "
+                    "match the sections' genes", len(duplicated), duplicated[0])
     adata.var_names_make_unique()
     adata.var.index.name = None
     counts = adata.obs[labels_key].astype(str).value_counts()
@@ -65,6 +126,10 @@ def load_reference(
         )
     if len(counts) < 2:
         raise C2LError(f"only {len(counts)} cell type in '{labels_key}'; at least 2 are needed", REFERENCE, "labels_key")
+    few = counts[counts < FEW_CELLS_WARN]
+    if warn and len(few):
+        LOG.warning("reference: %d cell type(s) with fewer than %d cells (%s): their signatures rest on very few cells",
+                    len(few), FEW_CELLS_WARN, ", ".join(f"{k} ({v})" for k, v in few.items()))
     adata.obs[labels_key] = adata.obs[labels_key].astype(str).astype("category")
     return adata
 
@@ -112,12 +177,13 @@ def genes_table(adata: ad.AnnData, kept: pd.Index) -> pd.DataFrame:
 
 def run(reference: Path, labels_key: str, batch_key: str | None, categorical_covariate_keys: list[str],
         gene_id_column: str | None, cell_count_cutoff: int, cell_percentage_cutoff2: float, nonz_mean_cutoff: float,
-        min_cells_per_type: int, outdir: Path, prefix: str) -> None:
+        min_cells_per_type: int, outdir: Path, prefix: str, layer: str | None = None) -> None:
     """The step: check the reference, keep the genes that pass filter_genes; writes <prefix>_filtered.h5ad,
     <prefix>_filter.png and <prefix>_genes.csv into `outdir` (all or none)."""
     from .runtime import save_figures, staged_outputs, write_h5ad
 
-    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type)
+    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type,
+                           layer)
     filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
     with staged_outputs(outdir) as out:
         write_h5ad(filtered, out.path(f"{prefix}_filtered.h5ad"))

@@ -24,6 +24,8 @@ STATS = ("means", "stds", "q05", "q95")
 #: locations x genes from which glibc's heap is kept from retaining freed tensors (runtime.limit_heap_retention):
 #: 16 MB float32 tensors, where the retention costs GBs and a fresh mmap per tensor costs nothing measurable
 HEAP_LIMIT_MIN_ELEMENTS = 4_000_000
+#: the fewest spots of a section worth a model (a 1-spot model crashes inside pyro; a handful is no map)
+MIN_SPOTS = 10
 
 
 def read_signatures(path: Path) -> pd.DataFrame:
@@ -64,6 +66,8 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
             # transposed first: its cell-type index would otherwise pass for symbols against Ensembl ids
             if set(map(str, signatures.columns)) & set(map(str, adata.var_names)):
                 hint = " (the signatures look transposed: genes must be rows, cell types columns)"
+            elif (case := _case_only_match(genes, adata)) is not None:
+                hint = case
             elif looks_ensembl(adata.var_names) != looks_ensembl(signatures.index):
                 side = "the section" if looks_ensembl(adata.var_names) else "the reference"
                 hint = (f" ({side} uses Ensembl ids and the other side gene symbols: give the reference's Ensembl id "
@@ -88,6 +92,25 @@ def gene_overlap(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> d
                        "section_ensembl": bool(looks_ensembl(adata.var_names)),
                        "signatures_ensembl": bool(looks_ensembl(signatures.index))}
     return out
+
+
+def _case_only_match(genes: pd.Index, adata: ad.AnnData) -> str | None:
+    """A hint when the genes match only if upper and lower case are ignored (a human reference against a mouse
+    section: CD74 vs Cd74), over the section's var_names or, when those are Ensembl ids, its SYMBOL column."""
+    candidates = [pd.Index(adata.var_names.astype(str))]
+    if "SYMBOL" in adata.var:
+        symbols = pd.Index(adata.var["SYMBOL"].astype(str))
+        if len(genes.intersection(symbols)) == 0:
+            candidates.append(symbols)
+    for names in candidates:
+        folded = pd.Index(genes.astype(str).str.upper()).intersection(names.str.upper())
+        if len(folded):
+            first = folded[0]
+            ref = next(g for g in genes.astype(str) if g.upper() == first)
+            sec = next(g for g in names if g.upper() == first)
+            return (f" ({len(folded)} match when upper and lower case are ignored, e.g. {ref} vs {sec}: are the "
+                    "reference and the section of different species, e.g. human and mouse?)")
+    return None
 
 
 def combine_sections(sections: dict[str, ad.AnnData], genes: pd.Index) -> ad.AnnData:
@@ -141,6 +164,9 @@ def map_cells(
             str(sample),
             "genes",
         )
+    if combined.n_obs < 2:
+        raise C2LError(f"{combined.n_obs} spot(s) in this model: at least 2 are needed (fewer shards?)",
+                       next(iter(sections)), "spots")
     Cell2location.setup_anndata(adata=combined, batch_key="sample")
     alpha_arg = alpha[next(iter(alpha))] if len(set(alpha.values())) == 1 else alpha
 
@@ -229,6 +255,10 @@ def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float
     from .training import flatness, history_frame, plot_history, plot_qc, write_summary
 
     loaded = {sample: ad.read_h5ad(path) for sample, path in sections.items()}
+    for sample, adata in loaded.items():
+        if adata.n_obs < MIN_SPOTS:
+            raise C2LError(f"{adata.n_obs} spot(s): a section needs at least {MIN_SPOTS} spots to be mapped", sample,
+                           "spots")
     shard_info = None
     if shard is not None:
         index, count = shard

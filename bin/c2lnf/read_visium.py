@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
-from .counts import check_raw_counts, row_totals
+from .counts import check_raw_counts, row_totals, select_counts
 from .errors import C2LError
 from .genes import looks_ensembl
 
@@ -225,7 +225,7 @@ def read_images(spatial: Path, sample: str) -> tuple[dict, dict]:
     return images, scalefactors
 
 
-def key_genes(adata: ad.AnnData) -> ad.AnnData:
+def key_genes(adata: ad.AnnData, sample: str | None = None) -> ad.AnnData:
     """Ensembl ids as var_names with SYMBOL kept, when the ids are Ensembl; symbols otherwise."""
     if "gene_ids" in adata.var:
         ids = adata.var["gene_ids"].astype(str)
@@ -237,6 +237,10 @@ def key_genes(adata: ad.AnnData) -> ad.AnnData:
             adata.var_names = pd.Index(adata.var["SYMBOL"].astype(str).to_numpy())
     elif "SYMBOL" not in adata.var:
         adata.var["SYMBOL"] = adata.var_names.astype(str)
+    duplicated = adata.var_names[adata.var_names.duplicated()]
+    if len(duplicated):
+        LOG.warning("sample %s: %d duplicated gene id(s) renamed with a -1, -2... suffix (e.g. %s): the renamed "
+                    "copies match no reference gene", sample, len(duplicated), duplicated[0])
     adata.var_names_make_unique()
     adata.var.index.name = None
     return adata
@@ -272,6 +276,8 @@ def read_spaceranger(sr_dir: Path, sample: str, bin_size: int | None = None) -> 
     if not spatial.is_dir():
         raise C2LError(f"no spatial/ folder beside {matrix.name}", sample, "spaceranger_dir")
     pos = read_positions(spatial, sample)
+    check_unique_barcodes(adata.obs_names, sample, "spaceranger_dir", f"the matrix {matrix.name}")
+    check_unique_barcodes(pos.index, sample, "spaceranger_dir", "the positions file")
     if is_raw:
         in_tissue = pos.index[pos["in_tissue"].astype(int) == 1]
         LOG.info("sample %s: raw matrix %s, keeping the %d in-tissue spots", sample, matrix.name, len(in_tissue))
@@ -305,15 +311,30 @@ def read_spaceranger(sr_dir: Path, sample: str, bin_size: int | None = None) -> 
     return adata
 
 
-def read_section_h5ad(path: Path, sample: str) -> ad.AnnData:
-    """Read a section given as h5ad: it must carry spot coordinates in `obsm['spatial']`."""
+def check_unique_barcodes(barcodes: pd.Index, sample: str, field: str, what: str) -> None:
+    """Every spot barcode once: a repeated barcode would silently take another spot's coordinates."""
+    dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()]
+    if len(dup):
+        raise C2LError(f"{len(dup)} spot barcode(s) appear more than once in {what} (e.g. {dup[0]}): each spot "
+                       "must be listed once (two files concatenated?)", sample, field)
+
+
+def read_section_h5ad(path: Path, sample: str, layer: str | None = None) -> ad.AnnData:
+    """Read a section given as h5ad: it must carry spot coordinates in `obsm['spatial']`; `layer`: the layer
+    (or 'raw' for .raw) that holds the counts, when X does not."""
     try:
         adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:
         raise C2LError(f"cannot read {Path(path).name}: {exc}", sample, "h5ad") from exc
+    check_unique_barcodes(adata.obs_names, sample, "h5ad", "obs_names")
+    if layer:
+        adata = select_counts(adata, layer, sample, "layer")
+        adata.uns.setdefault("c2l_counts_source", ".raw" if layer == "raw" else f"layers['{layer}']")
     coords = adata.obsm.get("spatial")
     if coords is None or np.asarray(coords).ndim != 2 or np.asarray(coords).shape[1] < 2:
-        raise C2LError("the h5ad has no spot coordinates (obsm['spatial'] with x, y columns)", sample, "h5ad")
+        keys = ", ".join(map(str, adata.obsm.keys()))
+        have = f"; its obsm has {keys}: store the x, y coordinates as obsm['spatial']" if keys else ""
+        raise C2LError(f"the h5ad has no spot coordinates (obsm['spatial'] with x, y columns){have}", sample, "h5ad")
     if not np.all(np.isfinite(np.asarray(coords, dtype=float))):
         raise C2LError("obsm['spatial'] holds NaN or infinite coordinates", sample, "h5ad")
     spatial = adata.uns.get("spatial") or {}
@@ -350,6 +371,7 @@ def load_section(
     obs: dict | None = None,
     drop_empty_spots: bool = False,
     bin_size: int | None = None,
+    layer: str | None = None,
 ) -> tuple[ad.AnnData, dict]:
     """Read, check and annotate one section; returns the AnnData and its QC numbers. `obs`: descriptive
     metadata (the samplesheet's extra columns) written as constant obs columns."""
@@ -358,12 +380,18 @@ def load_section(
     field = "spaceranger_dir" if spaceranger_dir is not None else "h5ad"
     if h5ad is not None and bin_size is not None:
         raise C2LError("bin_size is for Visium HD Space Ranger outputs (spaceranger_dir), not h5ad", sample, "bin_size")
+    if layer and h5ad is None:
+        raise C2LError("layer is for sections given as h5ad (a Space Ranger matrix holds raw counts)", sample, "layer")
     adata = (read_spaceranger(spaceranger_dir, sample, bin_size) if spaceranger_dir is not None
-             else read_section_h5ad(h5ad, sample))
+             else read_section_h5ad(h5ad, sample, layer))
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise C2LError(f"the section has {adata.n_obs} spots x {adata.n_vars} genes", sample, field)
-    check_raw_counts(adata.X, sample, field=f"{field} (counts)")
-    adata = key_genes(adata)
+    if h5ad is not None and not layer:
+        check_raw_counts(adata.X, sample, field=f"{field} (counts)", adata=adata,
+                         option="the samplesheet's column 'layer'")
+    else:
+        check_raw_counts(adata.X, sample, field=f"{field} (counts)" if not layer else f"layer ({layer})", chosen=layer)
+    adata = key_genes(adata, sample)
     totals = row_totals(adata.X)
     empty = totals == 0
     if empty.any():
@@ -393,11 +421,11 @@ def load_section(
 
 
 def run(sample: str, spaceranger_dir: Path | None, h5ad: Path | None, obs: dict, drop_empty_spots: bool,
-        outdir: Path, prefix: str, bin_size: int | None = None) -> None:
+        outdir: Path, prefix: str, bin_size: int | None = None, layer: str | None = None) -> None:
     """The step: read one section; writes <prefix>.h5ad and <prefix>.qc.csv into `outdir` (both or none)."""
     from .runtime import staged_outputs, write_h5ad
 
-    adata, qc = load_section(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, bin_size)
+    adata, qc = load_section(sample, spaceranger_dir, h5ad, obs, drop_empty_spots, bin_size, layer)
     with staged_outputs(outdir) as out:
         write_h5ad(adata, out.path(f"{prefix}.h5ad"))
         pd.DataFrame([qc]).to_csv(out.path(f"{prefix}.qc.csv"), index=False)

@@ -92,18 +92,28 @@ def _numba_cache_dir(task_dir: Path | None, task_cache: Path) -> str | None:
     return str(task_cache / "numba")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log lines to stderr with a timestamp; quieten the chatty libraries."""
+def setup_logging(verbose: bool = False, warnings_file: Path | None = None) -> None:
+    """Log lines to stderr with a timestamp; quieten the chatty libraries. With `warnings_file`, the pipeline's own
+    warnings (logger `c2l.*`) are also appended there, one per line, for the pipeline to show in its console."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
+    if warnings_file is not None:
+        handler = logging.FileHandler(warnings_file, mode="a", delay=True)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(lambda record: record.name == "c2l" or record.name.startswith("c2l."))
+        logging.getLogger().addHandler(handler)
     for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "numba", "matplotlib", "fontTools", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # anndata's "names are not unique" (with a source line that reads like a stray traceback): the steps check
+    # duplicated barcodes (an error) and gene ids (a warning of their own) themselves
+    warnings.filterwarnings("ignore", message=r".*names are not unique.*")
 
 
 def seed_everything(seed: int) -> None:

@@ -92,7 +92,7 @@ def run(reference: Path, labels_key: str, batch_key: str | None, categorical_cov
     from .runtime import staged_outputs, write_h5ad
     from .training import history_frame, plot_history, write_summary
 
-    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1)
+    adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1, warn=False)
     trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, setup.plan, batch_size,
                                      setup.accelerator, setup.fast, setup.analytic, setup.num_samples, setup.log_every)
     history = history_frame(trained.model)

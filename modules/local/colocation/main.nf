@@ -7,6 +7,7 @@ process COLOCATION {
 
     output:
     path "n_fact*"         , emit: factors   // one folder per number of factors
+    tuple val([id: 'all sections']), path("c2l.warnings.txt"), emit: warnings, optional: true  // shown by main.nf
     path "versions.yml"    , emit: versions
 
     when:
@@ -17,7 +18,7 @@ process COLOCATION {
     def files = sections instanceof List ? sections : [sections]
     def pairs = [ids, files].transpose().collect { id, f -> "--section '${id}=${f}'" }.join(' \\\n        ')
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} colocation \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt colocation \\
         ${pairs} \\
         ${args} \\
         --outdir .

@@ -9,6 +9,7 @@ process FILTER_REFERENCE {
     tuple val(meta), path("${prefix}_filtered.h5ad"), emit: h5ad
     tuple val(meta), path("${prefix}_filter.png")   , emit: plot
     tuple val(meta), path("${prefix}_genes.csv")    , emit: genes
+    tuple val(meta), path("c2l.warnings.txt")       , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                             , emit: versions
 
     when:
@@ -18,7 +19,7 @@ process FILTER_REFERENCE {
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} filter-reference \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt filter-reference \\
         --reference ${reference} \\
         ${args} \\
         --prefix '${prefix}' \\

@@ -16,6 +16,7 @@ process MAP_CELLS {
     tuple val(meta), path("${prefix}_history.csv")        , emit: history
     tuple val(meta), path("${prefix}_qc.png")             , emit: qc_plot
     tuple val(meta), path("${prefix}_training.json")      , emit: summary
+    tuple val(meta), path("c2l.warnings.txt")             , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                                   , emit: versions
 
     when:
@@ -27,7 +28,7 @@ process MAP_CELLS {
     def files = sections instanceof List ? sections : [sections]
     def pairs = [meta.sections, files].transpose().collect { m, f -> "--section '${m.id}=${f}'" }.join(' \\\n        ')
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} map-cells \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt map-cells \\
         ${pairs} \\
         --signatures ${signatures} \\
         --device ${task.accelerator ? 'cuda' : 'cpu'} \\

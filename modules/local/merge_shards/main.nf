@@ -13,6 +13,7 @@ process MERGE_SHARDS {
     tuple val(meta), path("${prefix}_history.png")        , emit: history_plot
     tuple val(meta), path("${prefix}_history.csv")        , emit: history
     tuple val(meta), path("${prefix}_training.json")      , emit: summary
+    tuple val(meta), path("c2l.warnings.txt")             , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                                   , emit: versions
 
     when:
@@ -24,7 +25,7 @@ process MERGE_SHARDS {
     def files = sections instanceof List ? sections : [sections]
     def pairs = [meta.sections, files].transpose().collect { m, f -> "--section '${m.id}=${f}'" }.join(' \\\n        ')
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} merge-shards \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt merge-shards \\
         ${pairs} \\
         --shards ${meta.n_shards} \\
         --shard-dir shards \\

@@ -15,6 +15,7 @@ process MULTIQC {
     path "multiqc_report.html", emit: report
     path "multiqc_report_data", emit: data
     path "content"            , emit: content   // the custom content, multiqc_config.yaml and verdicts.json
+    path "c2l.warnings.txt"   , emit: warnings, optional: true  // the verdicts that are not PASS, shown by main.nf
     path "versions.yml"       , emit: versions
 
     when:
@@ -23,7 +24,7 @@ process MULTIQC {
     script:
     def args = task.ext.args ?: ''
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} report \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt report \\
         --sections sections \\
         --reference reference \\
         --models models \\

@@ -9,6 +9,7 @@ process PLOT_SPATIAL {
     tuple val(meta), path("${prefix}.q05_abundance.png"), emit: abundance
     tuple val(meta), path("${prefix}.overlay.png")      , emit: overlay
     tuple val(meta), path("${prefix}.proportions.png")  , emit: proportions
+    tuple val(meta), path("c2l.warnings.txt")           , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                                 , emit: versions
 
     when:
@@ -18,7 +19,7 @@ process PLOT_SPATIAL {
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} plot-spatial \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt plot-spatial \\
         ${section} \\
         --sample '${meta.id}' \\
         ${args} \\

@@ -8,6 +8,7 @@ process READ_VISIUM {
     output:
     tuple val(meta), path("${prefix}.h5ad")  , emit: h5ad
     tuple val(meta), path("${prefix}.qc.csv"), emit: qc
+    tuple val(meta), path("c2l.warnings.txt"), emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                      , emit: versions
 
     when:
@@ -17,7 +18,7 @@ process READ_VISIUM {
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} read-visium \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt read-visium \\
         --sample '${meta.id}' \\
         --${meta.input_type.replace('_', '-')} ${section} \\
         ${args} \\

@@ -10,6 +10,7 @@ process REGIONS {
     path "regions_composition.csv"    , emit: composition
     path "regions_composition.png"    , emit: composition_plot
     path "*.regions.png"              , emit: maps
+    tuple val([id: 'all sections']), path("c2l.warnings.txt"), emit: warnings, optional: true  // shown by main.nf
     path "versions.yml"               , emit: versions
 
     when:
@@ -20,7 +21,7 @@ process REGIONS {
     def files = sections instanceof List ? sections : [sections]
     def pairs = [ids, files].transpose().collect { id, f -> "--section '${id}=${f}'" }.join(' \\\n        ')
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} regions \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt regions \\
         ${pairs} \\
         ${args} \\
         --outdir .

@@ -14,6 +14,7 @@ process TRAIN_REFERENCE {
     tuple val(meta), path("${prefix}_history.csv")    , emit: history
     tuple val(meta), path("${prefix}_qc.png")         , emit: qc_plot
     tuple val(meta), path("${prefix}_training.json")  , emit: summary
+    tuple val(meta), path("c2l.warnings.txt")         , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                               , emit: versions
 
     when:
@@ -23,7 +24,7 @@ process TRAIN_REFERENCE {
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
     """
-    c2l --pipeline-digest ${task.ext.c2l_digest} train-reference \\
+    c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt train-reference \\
         --reference ${reference} \\
         --device ${task.accelerator ? 'cuda' : 'cpu'} \\
         --threads ${task.cpus} \\

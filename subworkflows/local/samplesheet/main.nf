@@ -21,11 +21,26 @@ def readSamplesheet(Map opts) {
     def items  = schema.items
     def props  = items.properties
     def sheet  = file(path)
+    if (sheet.name.toLowerCase() ==~ /.*\.(xlsx|xls|ods)$/) {
+        error("Samplesheet ${path}: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)")
+    }
     def lines  = sheet.readLines().findAll { it.trim() }
     if (!lines) { error("Samplesheet ${path}: the file is empty") }
-    def header = lines[0].split(',', -1).collect { it.trim() }
-    def dup = header.findAll { h -> header.count(h) > 1 }.unique()
+    // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
+    def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { it.trim().replaceAll('^"|"$', '') }
+    if (header.size() == 1) {   // Excel in many locales saves 'CSV' with ';', and some tools write tabs
+        def sep = [';': 'semicolons', '\t': 'tabs'].find { ch, name -> lines[0].contains(ch) }
+        if (sep) { error("Samplesheet ${path}: the header is separated by ${sep.value}, not commas; save it as comma-separated CSV") }
+    }
+    def dup = header.findAll { h -> h && header.count(h) > 1 }.unique()
     if (dup) { error("Samplesheet ${path}: duplicated column(s) ${dup.join(', ')}") }
+    // a column without a name (a trailing comma) is ignored while it is empty, and an error where it holds a value
+    def unnamed = [:]
+    header.eachWithIndex { h, i -> if (!h) { unnamed["__unnamed_${i + 1}".toString()] = i + 1; header[i] = "__unnamed_${i + 1}".toString() } }
+    props.keySet().each { col ->   // 'Sample' or 'H5AD' for 'sample' or 'h5ad'
+        def near = header.find { it != col && it.equalsIgnoreCase(col) }
+        if (near && !(col in header)) { error("Samplesheet ${path}: column '${near}' must be written '${col}' (column names are case-sensitive)") }
+    }
     items.required.each { col ->
         if (!(col in header)) { error("Samplesheet ${path}: missing column '${col}' (columns: ${header.join(', ')})") }
     }
@@ -35,11 +50,15 @@ def readSamplesheet(Map opts) {
     }
     def base = opts.base_dir ? file(opts.base_dir) : sheet.parent
     def rows = []
-    sheet.splitCsv(header: true, strip: true).eachWithIndex { row, i ->
+    sheet.splitCsv(header: header, skip: 1, strip: true).eachWithIndex { row, i ->
         def n = i + 2
         def sample = row.sample ?: ''
         def where = sample ? "Samplesheet ${path}, row ${n}, sample '${sample}'" : "Samplesheet ${path}, row ${n}"
         items.required.each { col -> if (!row[col]) { error("${where}: field '${col}' is empty") } }
+        unnamed.each { key, col ->
+            if (row[key]) { error("${where}: column ${col} has the value '${row[key]}' but no name in the header") }
+            row.remove(key)
+        }
         def given = oneOf.findAll { row[it] }
         if (oneOf && given.size() != 1) {
             error("${where}: give exactly one of the fields ${oneOf.collect { "'${it}'" }.join(' and ')}")
@@ -72,6 +91,7 @@ def readSamplesheet(Map opts) {
     }
     if (!rows) { error("Samplesheet ${path}: no rows") }
     checkAcrossRows(path, schema, rows, opts.mapping_mode)
+    checkSameSection(path, rows)
     return rows.collect { meta, input, n -> [meta, input] }
 }
 
@@ -102,7 +122,10 @@ def checkField(String raw, Map spec, String where, base) {
     }
     if (spec.format in ['file-path', 'directory-path']) {
         def p = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
-        if (spec.exists && !p.exists()) { error("${where}: path does not exist: ${p}") }
+        if (spec.exists && !p.exists()) {
+            def tilde = raw.startsWith('~') ? " ('~' is not expanded in a samplesheet: give the full path)" : ''
+            error("${where}: path does not exist: ${p}${tilde}")
+        }
         if (spec.format == 'directory-path' && p.exists() && !p.isDirectory()) { error("${where}: not a folder: ${p}") }
         if (spec.format == 'file-path' && p.isDirectory()) { error("${where}: is a folder, expected a file: ${p}") }
         value = p
@@ -137,5 +160,25 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
                       "to give each section its own")
             }
         }
+    }
+}
+
+/*
+ * Two rows, two ids, one section (the same Space Ranger folder or h5ad file): the joint model would fit the same
+ * spots twice. Checked after the schema's rules, so that their messages come first.
+ */
+def checkSameSection(String path, List rows) {
+    // two ids for one section: the joint model would fit the same spots twice (a folder and its outs/ count as one)
+    def sources = [:]
+    rows.each { meta, input, n ->
+        if (input == null) { return }
+        def real = input.toUri().scheme == 'file' && input.exists() ? input.toRealPath() : input
+        if (real.name == 'outs' && input.isDirectory()) { real = real.parent }
+        def first = sources[real.toString()]
+        if (first) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${meta.input_type}' is the same section as " +
+                  "row ${first[1]} (sample '${first[0]}'): ${input}; each section must be listed once")
+        }
+        sources[real.toString()] = [meta.id, n]
     }
 }
