@@ -107,7 +107,8 @@ workflow CELL2LOCATION {
     [READ_VISIUM: READ_VISIUM.out.warnings, FILTER_REFERENCE: FILTER_REFERENCE.out.warnings,
      TRAIN_REFERENCE: TRAIN_REFERENCE.out.warnings, MAP_CELLS: MAP_CELLS.out.warnings,
      MERGE_SHARDS: MERGE_SHARDS.out.warnings, PLOT_SPATIAL: PLOT_SPATIAL.out.warnings,
-     REGIONS: REGIONS.out.warnings, COLOCATION: COLOCATION.out.warnings].each { step, ch ->
+     REGIONS: REGIONS.out.warnings.map { txt -> [[id: 'all sections'], txt] },
+     COLOCATION: COLOCATION.out.warnings.map { txt -> [[id: 'all sections'], txt] }].each { step, ch ->
         ch_warnings = ch_warnings.mix(ch.map { meta, txt -> ["${step} ${meta.shard ? "${meta.id} ${meta.shard.tag}" : meta.id}", txt] })
     }
 

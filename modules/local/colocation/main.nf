@@ -7,7 +7,7 @@ process COLOCATION {
 
     output:
     path "n_fact*"         , emit: factors   // one folder per number of factors
-    tuple val([id: 'all sections']), path("c2l.warnings.txt"), emit: warnings, optional: true  // shown by main.nf
+    path "c2l.warnings.txt"          , emit: warnings, optional: true  // shown by main.nf
     path "versions.yml"    , emit: versions
 
     when:

@@ -10,7 +10,7 @@ process REGIONS {
     path "regions_composition.csv"    , emit: composition
     path "regions_composition.png"    , emit: composition_plot
     path "*.regions.png"              , emit: maps
-    tuple val([id: 'all sections']), path("c2l.warnings.txt"), emit: warnings, optional: true  // shown by main.nf
+    path "c2l.warnings.txt"          , emit: warnings, optional: true  // shown by main.nf
     path "versions.yml"               , emit: versions
 
     when:
