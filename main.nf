@@ -64,6 +64,13 @@ def validateParameters() {
             return
         }
         if (value == null) { return }
+        if (key == 'detection_alpha' && value instanceof CharSequence) {   // several values: each model fitted per value
+            def parts = value.tokenize(',')*.trim()
+            if (!parts || !parts.every { it.isBigDecimal() && (it as BigDecimal) > 0 } || parts.toSet().size() != parts.size()) {
+                errors << "--detection_alpha: expected a positive number or distinct comma-separated numbers (e.g. 20,200), got '${value}'"
+            }
+            return
+        }
         if (spec.format in ['file-path', 'directory-path']) { return }   // checked by checkPathParams
         def type = spec.type
         def ok = (type == 'string'  && (value instanceof CharSequence || (key == 'colocation_factors' && value instanceof Integer))) ||
@@ -141,6 +148,13 @@ def checkPathParams(Map props) {
     return errors
 }
 
+/*
+ * --detection_alpha as a list: one number, or several ('20,200'): then every model is fitted once per value.
+ */
+def detectionAlphas() {
+    return "${params.detection_alpha}".tokenize(',')*.trim().collect { it as BigDecimal }
+}
+
 workflow {
     if (params.help) {
         log.info helpMessage()
@@ -152,7 +166,7 @@ workflow {
         path:         params.input,
         schema:       "${projectDir}/assets/schema_input.json",
         base_dir:     params.input_base_dir,
-        defaults:     [n_cells_per_location: params.n_cells_per_location, detection_alpha: params.detection_alpha],
+        defaults:     [n_cells_per_location: params.n_cells_per_location, detection_alpha: detectionAlphas()[0]],
         mapping_mode: params.mapping_mode,
     )
     log.info "cell2location-nf: ${rows.size()} section(s): ${rows.collect { it[0].id }.join(', ')}; mapping mode ${params.mapping_mode}"
@@ -179,6 +193,7 @@ workflow {
         params.signatures ? Channel.value(file(params.signatures))           : Channel.empty(),
         params.mapping_mode,
         shardBudget,
+        detectionAlphas(),
     )
 
     // copied (not storeDir) so that a run whose sections all fail leaves no empty read_visium/ behind

@@ -23,6 +23,8 @@ workflow CELL2LOCATION {
     shard_budget    // value:   [max_locations: Integer or null, memory_gb: Number, coefficients: Map or null]:
                     //          a model of more locations than max_locations (or, when null, than the memory
                     //          model allows within memory_gb) is fitted as shards (MAP_CELLS per shard, MERGE_SHARDS)
+    detection_alphas // value:  list of detection_alpha values; with more than one, every model is fitted once per
+                    //          value (model id <id>_alpha<value>, meta.variant alpha<value>), overriding the sections' own
 
     main:
     ch_versions = Channel.empty()
@@ -52,6 +54,14 @@ workflow CELL2LOCATION {
             .toSortedList { a, b -> a[0].id <=> b[0].id }
             .filter { items -> items }  // no section read (a failed READ_VISIUM): no model, no second error
             .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] }, items.sum { it[2] } ] }
+    }
+    // --detection_alpha 20,200: each model once per value (the tutorial advises trying both)
+    if (detection_alphas && detection_alphas.size() > 1) {
+        ch_models = ch_models.flatMap { meta, files, n -> detection_alphas.collect { alpha ->
+            def variant = "alpha${alphaTag(alpha)}"
+            [ meta + [id: "${meta.id}_${variant}", variant: variant,
+                      sections: meta.sections.collect { it + [detection_alpha: alpha, variant: variant] }], files, n ]
+        } }
     }
     // a model larger than the budget becomes `count` shards (one task each), stratified by section in map-cells
     ch_map_in = ch_models
@@ -93,10 +103,11 @@ workflow CELL2LOCATION {
 
     // optional downstream analyses over all mapped sections together (the tutorial's adata_vis): tissue regions
     // (--regions) and co-location factors (--colocation_factors); switched by ext.when in conf/modules.config
+    // (once per --detection_alpha value when there are several)
     ch_all_mapped = ch_mapped
-        .toSortedList { a, b -> a[0].id <=> b[0].id }
-        .filter { items -> items }
-        .map { items -> [ items.collect { it[0].id }, items.collect { it[1] } ] }
+        .map { meta, h5ad -> [ meta.variant ?: '', [meta.id, h5ad] ] }
+        .groupTuple()
+        .map { variant, pairs -> def sorted = pairs.sort { it[0] }; [ variant, sorted.collect { it[0] }, sorted.collect { it[1] } ] }
     REGIONS(ch_all_mapped)
     ch_versions = ch_versions.mix(REGIONS.out.versions)
     COLOCATION(ch_all_mapped)
@@ -143,6 +154,13 @@ workflow CELL2LOCATION {
  */
 def modelMeta(String id, List sections) {
     return [id: id, sections: sections, n_cells_per_location: sections[0].n_cells_per_location]
+}
+
+/*
+ * A detection_alpha value as written in ids: 20.0 -> '20', 12.5 -> '12.5'.
+ */
+def alphaTag(alpha) {
+    return (alpha as BigDecimal).stripTrailingZeros().toPlainString()
 }
 
 /*

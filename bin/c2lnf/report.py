@@ -224,6 +224,50 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
     return rows
 
 
+ALPHA_RUN = re.compile(r"^(?P<base>.+)_alpha(?P<alpha>[0-9.]+)$")
+
+
+def _elbo_and_locations(summary: dict) -> tuple[float | None, int | None]:
+    """Final -ELBO and locations of a mapping model (a sharded model's: summed over its shards)."""
+    if summary.get("n_shards"):
+        shards = list((summary.get("shards") or {}).values())
+        elbos = [sh.get("final_elbo") for sh in shards]
+        locs = [(sh.get("model") or {}).get("n_locations") for sh in shards]
+        if shards and all(v is not None for v in elbos + locs):
+            return float(sum(elbos)), int(sum(locs))
+        return None, None
+    n = (summary.get("model") or {}).get("n_locations")
+    e = summary.get("final_elbo")
+    return (None if e is None else float(e)), (None if n is None else int(n))
+
+
+def alpha_comparison(runs: list[dict]) -> pd.DataFrame:
+    """--detection_alpha with several values: per model (all its sections; one section with per_sample) and
+    value, the final -ELBO per location, its reconstruction r, and which value fits better: the lower -ELBO per
+    location, i.e. the higher evidence lower bound of the same data under the two priors."""
+    rows = []
+    for run in runs:
+        m = ALPHA_RUN.match(run["name"]) if run["kind"] == "mapping" else None
+        if not m or not run["summary"]:
+            continue
+        elbo, n = _elbo_and_locations(run["summary"])
+        recon = (run["summary"].get("reconstruction") or {}).get("pearson_r_log1p")
+        rows.append({"model": m["base"], "detection_alpha": float(m["alpha"]), "run": run["name"],
+                     "sections": ", ".join(sorted((run["summary"].get("gene_overlap") or {}).keys())),
+                     "elbo_per_location": None if elbo is None or not n else elbo / n,
+                     "reconstruction_r_log1p": recon})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table[table.groupby("model")["model"].transform("size") > 1]
+    if table.empty:
+        return table
+    best = table.dropna(subset=["elbo_per_location"]).groupby("model")["elbo_per_location"].idxmin()
+    table["better"] = ""
+    table.loc[best.to_numpy(), "better"] = "yes"
+    return table.set_index("run")
+
+
 # ---------------------------------------------------------------- writing MultiQC custom content
 
 
@@ -387,22 +431,57 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
             "data": trows})
         order.append("c2l_training")
 
+    alphas = alpha_comparison(runs)
+    if not alphas.empty:
+        _yaml(outdir / "c2l_detection_alpha_mqc.yaml", {
+            "id": "c2l_detection_alpha", "section_name": "detection_alpha: which fits better",
+            "plot_type": "table",
+            "description": "Each model fitted once per --detection_alpha value. Criterion: the final -ELBO per "
+                           "location (lower is better: the same data have the higher evidence lower bound under "
+                           "that prior); reconstruction r alongside. With a joint model the answer holds for all its "
+                           "sections; with --mapping_mode per_sample, per section. Both results are kept "
+                           "(map_cells/<model>_alpha<value>/).",
+            "pconfig": {"id": "c2l_detection_alpha_table", "title": "detection_alpha", "col1_header": "Run",
+                        "no_violin": True},
+            "headers": {"model": {"title": "Model"}, "sections": {"title": "Sections"},
+                        "detection_alpha": {"title": "detection_alpha", "format": "{:,.0f}"},
+                        "elbo_per_location": {"title": "-ELBO / location", "format": "{:,.1f}"},
+                        "reconstruction_r_log1p": {"title": "Reconstruction r", "format": "{:,.3f}"},
+                        "better": {"title": "Better"}},
+            "data": _table(alphas)})
+        order.append("c2l_detection_alpha")
+        summary["detection_alpha"] = {m: float(g.loc[g["better"] == "yes", "detection_alpha"].iloc[0])
+                                      for m, g in alphas.groupby("model") if (g["better"] == "yes").any()}
+        (outdir / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+
     # 5. maps
-    pngs = sorted(figures.glob("*.png")) if figures else []
+    pngs = sorted(figures.rglob("*.png"), key=lambda p: (p.name, str(p))) if figures else []
+    used: set[str] = set()
+
+    def unique(sid: str) -> str:
+        n, out = 1, sid
+        while out in used:
+            n += 1
+            out = f"{sid}_{n}"
+        used.add(out)
+        return out
+
     titles = {"q05_abundance": "q05 abundance per cell type", "overlay": "cell types overlaid",
               "proportions": "proportions per spot", "regions": "tissue regions"}
     for kind, what in titles.items():  # maps, grouped by kind
         for png in pngs:
             if png.name.endswith(f".{kind}.png"):
                 sample = png.name[: -len(f".{kind}.png")]
-                sid = _section_id(f"c2l_map_{sample}_{kind}")
+                sid = unique(_section_id(f"c2l_map_{sample}_{kind}"))
                 shutil.copyfile(png, outdir / f"{sid}_mqc.png")
                 order.append(sid)
-                IMAGE_NAMES[sid] = f"Map: {sample}, {what}"
-    if figures and (figures / "regions_composition.png").exists():
-        shutil.copyfile(figures / "regions_composition.png", outdir / "c2l_regions_composition_mqc.png")
-        order.append("c2l_regions_composition")
-        IMAGE_NAMES["c2l_regions_composition"] = "Tissue regions: composition"
+                IMAGE_NAMES[sid] = f"Map: {sample}, {what}" + ("" if sid.endswith(kind) else f" ({sid.rsplit('_', 1)[-1]})")
+    for png in pngs:
+        if png.name == "regions_composition.png":
+            sid = unique("c2l_regions_composition")
+            shutil.copyfile(png, outdir / f"{sid}_mqc.png")
+            order.append(sid)
+            IMAGE_NAMES[sid] = "Tissue regions: composition" + ("" if sid.endswith("composition") else f" ({sid.rsplit('_', 1)[-1]})")
 
     # 6. parameters and versions
     if params:
@@ -470,5 +549,7 @@ def run(sections: Path | None, reference: Path | None, models: Path | None, figu
         if row["status"] != "PASS":
             LOG.warning("report: section '%s' shares only %d genes with the signatures%s", s, row["shared_genes"],
                         f" ({row['hint']})" if row["hint"] else "")
+    for model, alpha in (summary.get("detection_alpha") or {}).items():
+        LOG.info("report: model '%s' fits better with detection_alpha %g (lower -ELBO per location)", model, alpha)
     LOG.info("report: run verdict %s", summary["run_verdict"])
     return summary

@@ -1,9 +1,10 @@
 process COLOCATION {
-    tag 'colocation'
+    tag "${variant ?: 'colocation'}"
     label 'process_medium'
 
     input:
-    tuple val(ids), path(sections, stageAs: 'sections/*')  // every mapped section (<id>.cell2location.h5ad), ids in the files' order
+    tuple val(variant), val(ids), path(sections, stageAs: 'sections/*')  // variant: '' or alpha<value>; every mapped
+                                                                        // section (<id>.cell2location.h5ad), ids in the files' order
 
     output:
     path "n_fact*"         , emit: factors   // one folder per number of factors

@@ -6,7 +6,7 @@ process MULTIQC {
     path(sections,  stageAs: 'sections/*')   // READ_VISIUM's <sample>.qc.csv
     path(reference, stageAs: 'reference/*')  // reference_genes.csv, reference_training.json, reference_history.csv
     path(models,    stageAs: 'models/*')     // <run>_training.json, <run>_history.csv of every mapping model
-    path(figures,   stageAs: 'figures/*')    // PLOT_SPATIAL's PNGs
+    path(figures,   stageAs: 'figures/f?/*') // PLOT_SPATIAL's and REGIONS' PNGs (one folder each: names may repeat)
     path(versions,  stageAs: 'info/software_versions.yml')
     path(params_json, stageAs: 'info/params.json')
     val expected_sections                    // the run's section ids (those without results are named)

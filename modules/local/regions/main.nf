@@ -1,9 +1,10 @@
 process REGIONS {
-    tag 'regions'
+    tag "${variant ?: 'regions'}"
     label 'process_low'
 
     input:
-    tuple val(ids), path(sections, stageAs: 'sections/*')  // every mapped section (<id>.cell2location.h5ad), ids in the files' order
+    tuple val(variant), val(ids), path(sections, stageAs: 'sections/*')  // variant: '' or alpha<value>; every mapped
+                                                                        // section (<id>.cell2location.h5ad), ids in the files' order
 
     output:
     path "regions.csv"                , emit: csv
