@@ -134,6 +134,32 @@ def test_stub_output_tree(tmp_path_factory):
         assert name in tree, (name, sorted(tree))
 
 
+def test_stub_detection_alpha_both_ways(tmp_path_factory):
+    """--detection_alpha 20,200: each model once per value, every per-value output in its own place, the
+    downstream steps once per value, one report."""
+    run = assert_ok(run_nf(tmp_path_factory.mktemp("stub_alphas"), "-stub", "--detection_alpha", "20,200",
+                           "--regions", "--colocation_factors", "3"))
+    tree = _tree(run.outdir)
+    for alpha in ("20", "200"):
+        for name in (f"map_cells/joint_alpha{alpha}/lymph_node.q05_cell_abundance_w_sf.csv",
+                     f"map_cells/joint_alpha{alpha}/joint_alpha{alpha}_training.json",
+                     f"plot_spatial/lymph_node/alpha{alpha}/lymph_node.alpha{alpha}.q05_abundance.png",
+                     f"regions/alpha{alpha}/regions.csv", f"colocation/alpha{alpha}/n_fact3/dotplot.png"):
+            assert name in tree, (name, sorted(tree))
+        cmd = (run.task_dir("MAP_CELLS", f"joint_alpha{alpha}") / ".command.sh").read_text()
+        assert f"--detection-alpha 'lymph_node={alpha}'" in cmd, cmd
+    assert sorted(p.name for p in (run.outdir / "map_cells").iterdir()) == ["joint_alpha20", "joint_alpha200"]
+    assert len(run.tasks("MULTIQC")) == 1 and "multiqc/multiqc_report.html" in tree
+
+
+@pytest.mark.parametrize("value", ["20,abc", "20,20", "0,200"])
+def test_detection_alpha_list_is_checked(tmp_path, value):
+    run = run_nf(tmp_path, "-stub", "--detection_alpha", value)
+    assert run.returncode != 0
+    assert "--detection_alpha: expected a positive number or distinct comma-separated numbers" in run.output
+    assert not (run.outdir / "read_visium").exists()
+
+
 # --- two sections: joint model with ready signatures, then per sample ---------------------------------------
 
 

@@ -167,3 +167,26 @@ def test_multiqc_renders_the_report(run_inputs, tmp_path):
     text = json.dumps(data)
     assert "c2l_verdicts_table" in text
     assert "anndata" in html  # the software versions section
+
+
+def test_detection_alpha_comparison(tmp_path):
+    """Two fits of one model (joint_alpha20 / joint_alpha200): the lower final -ELBO per location wins; a sharded
+    fit sums its shards; a model fitted once is not compared."""
+    models = tmp_path / "models"
+    models.mkdir()
+    _training(models / "joint_alpha20_training.json", stop_reason="converged: x", flat=1e-4, r_log1p=0.8,
+              extra={"final_elbo": 5.0e6, "model": {"n_locations": 1000}, "gene_overlap": {"A1": _overlap(500)}})
+    _training(models / "joint_alpha200_training.json", stop_reason="converged: x", flat=1e-4, r_log1p=0.79,
+              extra={"final_elbo": 0, "n_shards": 2, "gene_overlap": {},
+                     "shards": {"a": {"final_elbo": 2.4e6, "model": {"n_locations": 500}},
+                                "b": {"final_elbo": 2.4e6, "model": {"n_locations": 500}}}})
+    _training(models / "B1_alpha20_training.json", stop_reason="converged: x", flat=1e-4, r_log1p=0.8,
+              extra={"final_elbo": 1.0e6, "model": {"n_locations": 100}})
+    summary = report.run(None, None, models, None, None, None, [], tmp_path / "content")
+    assert summary["detection_alpha"] == {"joint": 200.0}  # 4,800 vs 5,000 per location
+    import yaml
+
+    data = yaml.safe_load((tmp_path / "content" / "c2l_detection_alpha_mqc.yaml").read_text())["data"]
+    assert set(data) == {"joint_alpha20", "joint_alpha200"}
+    assert data["joint_alpha200"]["better"] == "yes" and data["joint_alpha20"]["better"] == ""
+    assert data["joint_alpha200"]["elbo_per_location"] == pytest.approx(4800.0)
