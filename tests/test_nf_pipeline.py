@@ -3,6 +3,8 @@ and per sample, and --signatures skipping the reference steps."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,8 +148,8 @@ def test_stub_detection_alpha_both_ways(tmp_path_factory):
                      f"plot_spatial/lymph_node/alpha{alpha}/lymph_node.alpha{alpha}.q05_abundance.png",
                      f"regions/alpha{alpha}/regions.csv", f"colocation/alpha{alpha}/n_fact3/dotplot.png"):
             assert name in tree, (name, sorted(tree))
-        cmd = (run.task_dir("MAP_CELLS", f"joint_alpha{alpha}") / ".command.sh").read_text()
-        assert f"--detection-alpha 'lymph_node={alpha}'" in cmd, cmd
+        summary = json.loads((run.outdir / "map_cells" / f"joint_alpha{alpha}" / f"joint_alpha{alpha}_training.json").read_text())
+        assert summary["model"]["detection_alpha"] == {"lymph_node": float(alpha)}, summary
     assert sorted(p.name for p in (run.outdir / "map_cells").iterdir()) == ["joint_alpha20", "joint_alpha200"]
     assert len(run.tasks("MULTIQC")) == 1 and "multiqc/multiqc_report.html" in tree
 

@@ -47,12 +47,16 @@ process MAP_CELLS {
         (meta.shard ? '' : "touch ${s.id}.cell2location.h5ad\n    ") +
             "touch " + ['means', 'stds', 'q05', 'q95'].collect { st -> "${s.id}${part}.${st}_cell_abundance_w_sf.csv" }.join(' ')
     }.join('\n    ')
+    // the model's settings as the real step records them (model.detection_alpha), for the stub tests
+    def stubSummary = groovy.json.JsonOutput.toJson([stub: true, model: [
+        detection_alpha: meta.sections.collectEntries { s -> [s.id, s.detection_alpha as double] },
+        n_cells_per_location: meta.n_cells_per_location as double]])
     """
     ${touches}
     mkdir -p ${prefix}_model && touch ${prefix}_model/model.pt
     touch ${prefix}_history.png ${prefix}_qc.png
     echo 'epoch,elbo_train' > ${prefix}_history.csv
-    echo '{}' > ${prefix}_training.json
+    echo '${stubSummary}' > ${prefix}_training.json
     c2l versions --process '${task.process}' > versions.yml
     """
 }
