@@ -7,11 +7,13 @@
 #   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
 #   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh)
 #   make test-image  the test profile inside the image (-profile test,podman) and locally, outputs compared
+#   make sif     sif/cell2location-nf_<version>.sif from the image (singularity-ce in a privileged podman container)
+#   make test-sif    the test profile with that SIF (-profile test,singularity), compared with the local run
 #   make gpu-wheels  .whl/: the Python 3.12 wheels benchmarks/gpu_check.sh installs on the GPU machine
 #   make clean   work/, .nextflow*, results/ (keeps .venv/)
 #
 # Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV,
-#   IMAGE, BASE_IMAGE, IMAGE_OUTDIR, IMAGE_RTOL.
+#   IMAGE, BASE_IMAGE, IMAGE_OUTDIR, IMAGE_RTOL, SIF.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -52,7 +54,7 @@ NXF_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo test bench lint clean gpu-wheels image test-image
+.PHONY: help setup demo test bench lint clean gpu-wheels image test-image sif test-sif
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -141,6 +143,33 @@ test-image: setup
 	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local" "$$out/podman" --rtol $(IMAGE_RTOL) \
 	  || { echo "test-image: ERROR: the image's outputs differ from the local run's (above)" >&2; exit 1; }; \
 	echo "test-image: OK: the test profile in $(IMAGE) gives the local run's outputs ($$out/)"
+
+# A SIF made from the image, and the test profile run with it. This machine has no singularity/apptainer package:
+# containers/sif.sh runs singularity-ce 4.1 (Ubuntu noble) in a privileged podman container, and puts a
+# `singularity` shim first on PATH for Nextflow. test-sif compares with $(IMAGE_OUTDIR)/local (make test-image's
+# local run; made here when absent).
+SIF ?= sif/cell2location-nf_$(PIPELINE_VERSION).sif
+
+sif:
+	$(IMAGE_ENV) IMAGE="$(IMAGE)" containers/sif.sh build "$(SIF)"
+
+test-sif: setup
+	@[ -f "$(SIF)" ] || { echo "test-sif: ERROR: no $(SIF); run make sif first" >&2; exit 1; }
+	@$(RESOLVE_TESTDATA); \
+	out="$(abspath $(IMAGE_OUTDIR))"; sif="$(abspath $(SIF))"; mkdir -p "$$out"; rm -rf "$$out/singularity" "$$out/work_singularity"; \
+	$(IMAGE_ENV) containers/sif.sh shim "$$out/shim"; \
+	printf "process {\n    withName: '.*' {\n        container = '%s'\n    }\n}\n" "$$sif" > "$$out/sif.config"; \
+	for engine in singularity local; do \
+	  if [ $$engine = local ] && [ -d "$$out/local" ]; then continue; fi; \
+	  echo "+ nextflow run main.nf -profile test,$$engine -c $$out/sif.config --testdata $$testdata --outdir $$out/$$engine -w $$out/work_$$engine $(NXF_ARGS)"; \
+	  ( cd "$$out" && PATH="$$out/shim:$(VENV_BIN):$$PATH" NXF_ANSI_LOG=false $(VENV_BIN)/nextflow run "$(CURDIR)/main.nf" -profile test,$$engine \
+	      -c "$$out/sif.config" --testdata "$$testdata" --outdir "$$out/$$engine" -w "$$out/work_$$engine" $(NXF_ARGS) ) \
+	    || { echo "test-sif: ERROR: the test profile failed with -profile test,$$engine (log: $$out/.nextflow.log)" >&2; exit 1; }; \
+	done; \
+	echo "+ benchmarks/compare_outputs.py $$out/local $$out/singularity --rtol $(IMAGE_RTOL)"; \
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local" "$$out/singularity" --rtol $(IMAGE_RTOL) \
+	  || { echo "test-sif: ERROR: the SIF's outputs differ from the local run's (above)" >&2; exit 1; }; \
+	echo "test-sif: OK: the test profile with $(SIF) gives the local run's outputs ($$out/)"
 
 test: setup
 	@echo "+ python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS)"

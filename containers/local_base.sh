@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
-# Make a Debian bookworm base image locally, for machines that can reach Debian's mirror but no container
-# registry: debootstrap (minbase + ca-certificates) into a folder, the host's CA certificates added (so HTTPS
-# through a proxy that the host trusts works inside the build too), apt's caches emptied, then imported as
-# an image with `podman import`. The recipe (containers/Dockerfile) then builds on it exactly as it builds on
-# docker.io/library/debian:bookworm-slim: only the base layer's origin differs.
+# Make a base image locally, for machines that can reach a distribution's archive but no container registry:
+# debootstrap (minbase + ca-certificates) into a folder, the host's CA certificates added (so HTTPS through a
+# proxy that the host trusts works inside the build too), apt's caches emptied, then imported as an image
+# with `podman import`.
+#   bookworm (default): Debian 12 from Debian's mirror. containers/Dockerfile builds on it exactly as on
+#            docker.io/library/debian:bookworm-slim: only the base layer's origin differs.
+#   noble:   Ubuntu 24.04 from Ubuntu's archive (main + universe), its key from the ubuntu-keyring package
+#            (fetched from the same archive); containers/sif.sh runs singularity-ce 4.1 from it.
 #
-#   containers/local_base.sh TAG [MIRROR]
+#   containers/local_base.sh TAG [bookworm|noble]      (MIRROR=... overrides the archive)
 #
 # Needs root, debootstrap and podman. TAG is e.g. localhost/debian:bookworm-slim-local.
 set -euo pipefail
 
-tag=${1:?usage: local_base.sh TAG [MIRROR]}
-mirror=${2:-http://deb.debian.org/debian}
-suite=bookworm
+tag=${1:?usage: local_base.sh TAG [bookworm|noble]}
+suite=${2:-bookworm}
+case $suite in
+  bookworm)
+    mirror=${MIRROR:-http://deb.debian.org/debian}
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    components=main
+    include=ca-certificates
+    security=http://deb.debian.org/debian-security
+    script=bookworm
+    sources=debian.sources ;;
+  noble)
+    mirror=${MIRROR:-http://archive.ubuntu.com/ubuntu}
+    keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg
+    components="main universe"
+    include=ca-certificates,ubuntu-keyring
+    security=$mirror
+    # Debian 12's debootstrap predates noble; Ubuntu's releases all use the same script
+    script=$( [[ -e /usr/share/debootstrap/scripts/noble ]] && echo noble || echo /usr/share/debootstrap/scripts/gutsy )
+    sources=ubuntu.sources ;;
+  *) echo "local_base.sh: ERROR: unknown suite $suite (bookworm or noble)" >&2; exit 1 ;;
+esac
 
 [[ $(id -u) == 0 ]] || { echo "local_base.sh: ERROR: debootstrap needs root" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "local_base.sh: ERROR: debootstrap not installed" >&2; exit 1; }
@@ -25,29 +47,43 @@ cleanup() {
   for m in $(awk -v r="$root" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/self/mounts | sort -r); do
     umount -l "$m" || true
   done
-  rm -rf --one-file-system "$root"
+  rm -rf --one-file-system "$root" "$root.keyring" "$root.keyring.deb" "$root.keyring.idx.gz" "$root.log"
 }
 trap cleanup EXIT
 
+# the archive's signing key: Debian's is on every Debian host; Ubuntu's comes from its ubuntu-keyring package
+keyring_opt=()
+if [[ $suite == noble && ! -s $keyring ]]; then
+  curl -fsS --max-time 300 -o "$root.keyring.idx.gz" "$mirror/dists/noble/main/binary-amd64/Packages.gz"
+  deb=$(zcat "$root.keyring.idx.gz" | awk '/^Package: ubuntu-keyring$/ { p = 1 } p && /^Filename:/ { f = $2; p = 0 } END { print f }')
+  [[ -n $deb ]] || { echo "local_base.sh: ERROR: ubuntu-keyring not found in $mirror" >&2; exit 1; }
+  curl -fsS --max-time 120 -o "$root.keyring.deb" "$mirror/$deb"
+  mkdir -p "$root.keyring" && dpkg-deb -x "$root.keyring.deb" "$root.keyring"
+  keyring=$root.keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg
+fi
+[[ -s $keyring ]] && keyring_opt=(--keyring="$keyring")
+
 echo "local_base.sh: debootstrap --variant=minbase $suite from $mirror"
-debootstrap --variant=minbase --include=ca-certificates "$suite" "$root" "$mirror" >"$root.log" 2>&1 \
+debootstrap --variant=minbase --include="$include" --components="${components// /,}" "${keyring_opt[@]}" \
+  "$suite" "$root" "$mirror" "$script" >"$root.log" 2>&1 \
   || { tail -20 "$root.log" >&2; echo "local_base.sh: ERROR: debootstrap failed (log above)" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
 
-# apt sources as in the official image (bookworm, bookworm-updates, security), deb822 style
+# apt sources as in the official images (release, -updates, -security), deb822 style
 rm -f "$root/etc/apt/sources.list"
-cat >"$root/etc/apt/sources.list.d/debian.sources" <<SOURCES
+mkdir -p "$root/etc/apt/sources.list.d"
+cat >"$root/etc/apt/sources.list.d/$sources" <<SOURCES
 Types: deb
 URIs: $mirror
 Suites: $suite $suite-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Components: $components
+Signed-By: ${keyring#"$root.keyring"}
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $security
 Suites: $suite-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Components: $components
+Signed-By: ${keyring#"$root.keyring"}
 SOURCES
 
 # The host's CA certificates, one file each, where update-ca-certificates keeps them (a later

@@ -310,7 +310,8 @@ def test_containers_conf_runc_and_ulimits():
 
 def test_local_base_script_is_safe_and_adds_the_host_cas():
     code = code_lines((CONTAINERS / "local_base.sh").read_text())
-    assert "debootstrap --variant=minbase --include=ca-certificates" in code
+    assert 'debootstrap --variant=minbase --include="$include"' in code
+    assert re.findall(r"^ *include=(\S+)$", code, re.M) == ["ca-certificates", "ca-certificates,ubuntu-keyring"]
     assert "rm -rf --one-file-system" in code and "umount" in code  # never deletes through a mounted /proc
     assert "/etc/ssl/certs/ca-certificates.crt" in code and "update-ca-certificates" in code
     assert "podman import" in code
