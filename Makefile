@@ -147,7 +147,7 @@ test-image: setup
 # A SIF made from the image, and the test profile run with it. This machine has no singularity/apptainer package:
 # containers/sif.sh runs singularity-ce 4.1 (Ubuntu noble) in a privileged podman container, and puts a
 # `singularity` shim first on PATH for Nextflow. test-sif compares with $(IMAGE_OUTDIR)/local (make test-image's
-# local run; made here when absent).
+# local run; made here when absent), or, with NXF_ARGS, with a local run given the same NXF_ARGS.
 SIF ?= sif/cell2location-nf_$(PIPELINE_VERSION).sif
 
 sif:
@@ -156,18 +156,21 @@ sif:
 test-sif: setup
 	@[ -f "$(SIF)" ] || { echo "test-sif: ERROR: no $(SIF); run make sif first" >&2; exit 1; }
 	@$(RESOLVE_TESTDATA); \
-	out="$(abspath $(IMAGE_OUTDIR))"; sif="$(abspath $(SIF))"; mkdir -p "$$out"; rm -rf "$$out/singularity" "$$out/work_singularity"; \
+	out="$(abspath $(IMAGE_OUTDIR))"; sif="$(abspath $(SIF))"; mkdir -p "$$out"; \
 	$(IMAGE_ENV) containers/sif.sh shim "$$out/shim"; \
 	printf "process {\n    withName: '.*' {\n        container = '%s'\n    }\n}\n" "$$sif" > "$$out/sif.config"; \
+	local=local; [ -z "$(NXF_ARGS)" ] || local=local_nxf_args; \
 	for engine in singularity local; do \
-	  if [ $$engine = local ] && [ -d "$$out/local" ]; then continue; fi; \
-	  echo "+ nextflow run main.nf -profile test,$$engine -c $$out/sif.config --testdata $$testdata --outdir $$out/$$engine -w $$out/work_$$engine $(NXF_ARGS)"; \
+	  dest=$$engine; [ $$engine = singularity ] || dest=$$local; \
+	  if [ $$engine = local ] && [ -z "$(NXF_ARGS)" ] && [ -d "$$out/local" ]; then continue; fi; \
+	  rm -rf "$$out/$$dest" "$$out/work_$$dest"; \
+	  echo "+ nextflow run main.nf -profile test,$$engine -c $$out/sif.config --testdata $$testdata --outdir $$out/$$dest -w $$out/work_$$dest $(NXF_ARGS)"; \
 	  ( cd "$$out" && PATH="$$out/shim:$(VENV_BIN):$$PATH" NXF_ANSI_LOG=false $(VENV_BIN)/nextflow run "$(CURDIR)/main.nf" -profile test,$$engine \
-	      -c "$$out/sif.config" --testdata "$$testdata" --outdir "$$out/$$engine" -w "$$out/work_$$engine" $(NXF_ARGS) ) \
+	      -c "$$out/sif.config" --testdata "$$testdata" --outdir "$$out/$$dest" -w "$$out/work_$$dest" $(NXF_ARGS) ) \
 	    || { echo "test-sif: ERROR: the test profile failed with -profile test,$$engine (log: $$out/.nextflow.log)" >&2; exit 1; }; \
 	done; \
-	echo "+ benchmarks/compare_outputs.py $$out/local $$out/singularity --rtol $(IMAGE_RTOL)"; \
-	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local" "$$out/singularity" --rtol $(IMAGE_RTOL) \
+	echo "+ benchmarks/compare_outputs.py $$out/$$local $$out/singularity --rtol $(IMAGE_RTOL)"; \
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/$$local" "$$out/singularity" --rtol $(IMAGE_RTOL) \
 	  || { echo "test-sif: ERROR: the SIF's outputs differ from the local run's (above)" >&2; exit 1; }; \
 	echo "test-sif: OK: the test profile with $(SIF) gives the local run's outputs ($$out/)"
 
