@@ -318,7 +318,7 @@ def test_local_base_script_is_safe_and_adds_the_host_cas():
 
 
 def test_shell_scripts_parse():
-    for script in (BUILD_SCRIPT, CONTAINERS / "local_base.sh"):
+    for script in (BUILD_SCRIPT, CONTAINERS / "local_base.sh", CONTAINERS / "sif.sh"):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
         assert os.access(script, os.X_OK), f"{script.name} is not executable"
