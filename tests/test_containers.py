@@ -201,9 +201,11 @@ def test_dockerfile_installs_exactly_the_lock():
     # Python 3.11 is Debian's, and uv never downloads one
     assert re.search(r"uv venv --python /usr/bin/python3\.11 /opt/venv", " ".join(runs))
     assert env_of(build).get("UV_PYTHON_DOWNLOADS") == "never"
-    # nothing else from the build context but bin/ (the lock is mounted, not copied)
+    # nothing else from the build context but bin/ and the memory model c2l reads from ../assets next to bin/
+    # (the lock is mounted, not copied)
     copies = [a for w, a in instructions if w in ("COPY", "ADD")]
-    assert all(a.startswith("--from=") or a.split()[0] == "bin/" for a in copies), copies
+    assert all(a.startswith("--from=") or a.split()[0] in ("bin/", "assets/memory_model.json") for a in copies), copies
+    assert ("COPY", "assets/memory_model.json /opt/cell2location-nf/assets/memory_model.json") in instructions
 
 
 def run_digest_check(tmp_path: Path, lock_sha: str) -> subprocess.CompletedProcess:
@@ -246,7 +248,8 @@ def test_dockerfile_image_contract():
     packages = re.search(r"apt-get install -y --no-install-recommends ([^&]*)", apt).group(1).split()
     assert {"procps", "python3.11"} <= set(packages), packages
     assert "rm -rf /var/lib/apt/lists/*" in apt
-    assert any("command -v ps" in a and "command -v bash" in a and "c2l --version" in a for a in final_runs)
+    assert any("command -v ps" in a and "command -v bash" in a and "c2l --version" in a
+               and "test -s /opt/cell2location-nf/assets/memory_model.json" in a for a in final_runs)
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     # non-root at the end
     users = [a for w, a in final if w == "USER"]
@@ -366,7 +369,7 @@ def test_dockerignore_sends_only_the_lock_and_bin():
     lines = [line.strip() for line in (CONTAINERS / "Dockerfile.dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert "!requirements.lock" in lines and "!bin/" in lines
+    assert "!requirements.lock" in lines and "!bin/" in lines and "!assets/memory_model.json" in lines
 
 
 def hadolint_exe() -> str:
