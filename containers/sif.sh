@@ -86,7 +86,9 @@ case ${1:-} in
       echo "export CONTAINERS_CONF=$(printf %q "$CONTAINERS_CONF")"
       echo 'envs=(-e SINGULARITY_USERNS=1)'
       echo 'for v in $(compgen -e); do case $v in SINGULARITYENV_*|APPTAINERENV_*) envs+=(-e "$v");; esac; done'
+      # singularity binds /etc/localtime by default: the minbase noble image has none, so the host's is mounted
       printf 'exec podman run --rm --privileged --network host'
+      [[ -e /etc/localtime ]] && printf ' -v /etc/localtime:/etc/localtime:ro'
       printf ' %q' "${margs[@]}"
       printf ' "${envs[@]}" -w "$PWD" %q singularity "$@"\n' "$SINGULARITY_IMAGE"
     } >"$dir/singularity"
