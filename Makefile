@@ -5,10 +5,15 @@
 #   make test    pytest (tests/), with .venv/bin first on PATH
 #   make bench   benchmarks/run.py
 #   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
+#   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh)
+#   make test-image  the test profile inside the image (-profile test,podman) and locally, outputs compared
+#   make sif     sif/cell2location-nf_<version>.sif from the image (singularity-ce in a privileged podman container)
+#   make test-sif    the test profile with that SIF (-profile test,singularity), compared with the local run
 #   make gpu-wheels  .whl/: the Python 3.12 wheels benchmarks/gpu_check.sh installs on the GPU machine
 #   make clean   work/, .nextflow*, results/ (keeps .venv/)
 #
-# Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV.
+# Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV,
+#   IMAGE, BASE_IMAGE, IMAGE_OUTDIR, IMAGE_RTOL, SIF.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -49,7 +54,7 @@ NXF_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo test bench lint clean gpu-wheels
+.PHONY: help setup demo test bench lint clean gpu-wheels image test-image sif test-sif
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -77,21 +82,25 @@ $(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VEN
 	bash assets/nextflow/install.sh $(VENV)
 
 # TESTDATA must hold lymph_node/. Left at its default and absent, the data set is built from its public
-# sources into TESTDATA_BUILD (once) and used from there.
+# sources into TESTDATA_BUILD (once) and used from there. Sets $$testdata (shell code for a recipe).
+define RESOLVE_TESTDATA
+testdata="$(abspath $(TESTDATA))"; \
+if [ ! -d "$$testdata/lymph_node" ]; then \
+  if [ "$(origin TESTDATA)" != file ]; then \
+    echo "$@: ERROR: TESTDATA=$(TESTDATA) has no lymph_node/ folder" >&2; exit 1; \
+  fi; \
+  testdata="$(abspath $(TESTDATA_BUILD))"; \
+  if [ ! -d "$$testdata/lymph_node" ]; then \
+    echo "$@: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
+    $(RUN_ENV) $(VENV)/bin/python tests/build_testdata.py --out "$(TESTDATA_BUILD)"; \
+    [ -d "$$testdata/lymph_node" ] \
+      || { echo "$@: ERROR: tests/build_testdata.py left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
+  fi; \
+fi
+endef
+
 demo: setup
-	@testdata="$(abspath $(TESTDATA))"; \
-	if [ ! -d "$$testdata/lymph_node" ]; then \
-	  if [ "$(origin TESTDATA)" != file ]; then \
-	    echo "demo: ERROR: TESTDATA=$(TESTDATA) has no lymph_node/ folder" >&2; exit 1; \
-	  fi; \
-	  testdata="$(abspath $(TESTDATA_BUILD))"; \
-	  if [ ! -d "$$testdata/lymph_node" ]; then \
-	    echo "demo: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
-	    $(RUN_ENV) $(VENV)/bin/python tests/build_testdata.py --out "$(TESTDATA_BUILD)"; \
-	    [ -d "$$testdata/lymph_node" ] \
-	      || { echo "demo: ERROR: tests/build_testdata.py left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
-	  fi; \
-	fi; \
+	@$(RESOLVE_TESTDATA); \
 	echo "+ nextflow run main.nf -profile test,local --testdata $$testdata --outdir $(abspath $(OUTDIR)) $(NXF_ARGS)"; \
 	$(RUN_ENV) $(VENV)/bin/nextflow run main.nf -profile test,local --testdata "$$testdata" --outdir "$(abspath $(OUTDIR))" $(NXF_ARGS)
 	@echo
@@ -99,6 +108,71 @@ demo: setup
 	@echo "  $(OUTDIR)/plot_spatial/   cell abundance maps on the tissue"
 	@echo "  $(OUTDIR)/map_cells/      per-spot cell abundance estimates"
 	@echo "  $(OUTDIR)/pipeline_info/  Nextflow report, timeline and trace"
+
+# ---- the container image -------------------------------------------------------------------------------------
+# IMAGE defaults to the name conf/base.config gives every step, so -profile podman runs the image built here.
+# podman/buildah read containers/containers.conf (runc, ulimits): see the file for why.
+PIPELINE_VERSION := $(shell sed -n "s/^ *version *= *'\([^']*\)'.*/\1/p" nextflow.config | head -1)
+IMAGE ?= ghcr.io/cell2location-nf/cell2location-nf:$(PIPELINE_VERSION)
+IMAGE_OUTDIR ?= results_image
+# test-image: outputs of the image's run against the local run's (benchmarks/compare_outputs.py --rtol)
+IMAGE_RTOL ?= 1e-5
+CONTAINERS_CONF ?= $(CURDIR)/containers/containers.conf
+IMAGE_ENV := CONTAINERS_CONF="$(CONTAINERS_CONF)"
+
+image:
+	$(IMAGE_ENV) IMAGE="$(IMAGE)" containers/build_image.sh
+
+# The test profile twice, same seed: in the image (-profile test,podman) and in .venv (-profile test,local);
+# then the two output trees must hold the same files with the same numbers (within IMAGE_RTOL). The image is
+# first checked against requirements.lock (containers/image_check.py: exactly its packages, `c2l versions`).
+test-image: setup
+	@command -v podman >/dev/null 2>&1 || { echo "test-image: ERROR: podman not installed (make image installs it)" >&2; exit 1; }
+	@$(IMAGE_ENV) podman image exists "$(IMAGE)" || { echo "test-image: ERROR: no image $(IMAGE) here; run make image first" >&2; exit 1; }
+	$(IMAGE_ENV) $(RUN_ENV) $(VENV)/bin/python containers/image_check.py "$(IMAGE)"
+	@$(RESOLVE_TESTDATA); \
+	out="$(abspath $(IMAGE_OUTDIR))"; rm -rf "$$out"; mkdir -p "$$out"; \
+	printf "process {\n    withName: '.*' {\n        container = '%s'\n    }\n}\n" "$(IMAGE)" > "$$out/image.config"; \
+	for engine in podman local; do \
+	  echo "+ nextflow run main.nf -profile test,$$engine -c $$out/image.config --testdata $$testdata --outdir $$out/$$engine -w $$out/work_$$engine $(NXF_ARGS)"; \
+	  ( cd "$$out" && $(IMAGE_ENV) $(RUN_ENV) NXF_ANSI_LOG=false $(VENV_BIN)/nextflow run "$(CURDIR)/main.nf" -profile test,$$engine \
+	      -c "$$out/image.config" --testdata "$$testdata" --outdir "$$out/$$engine" -w "$$out/work_$$engine" $(NXF_ARGS) ) \
+	    || { echo "test-image: ERROR: the test profile failed with -profile test,$$engine (log: $$out/.nextflow.log)" >&2; exit 1; }; \
+	done; \
+	echo "+ benchmarks/compare_outputs.py $$out/local $$out/podman --rtol $(IMAGE_RTOL)"; \
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local" "$$out/podman" --rtol $(IMAGE_RTOL) \
+	  || { echo "test-image: ERROR: the image's outputs differ from the local run's (above)" >&2; exit 1; }; \
+	echo "test-image: OK: the test profile in $(IMAGE) gives the local run's outputs ($$out/)"
+
+# A SIF made from the image, and the test profile run with it. This machine has no singularity/apptainer package:
+# containers/sif.sh runs singularity-ce 4.1 (Ubuntu noble) in a privileged podman container, and puts a
+# `singularity` shim first on PATH for Nextflow. test-sif compares with $(IMAGE_OUTDIR)/local (make test-image's
+# local run; made here when absent), or, with NXF_ARGS, with a local run given the same NXF_ARGS.
+SIF ?= sif/cell2location-nf_$(PIPELINE_VERSION).sif
+
+sif:
+	$(IMAGE_ENV) IMAGE="$(IMAGE)" containers/sif.sh build "$(SIF)"
+
+test-sif: setup
+	@[ -f "$(SIF)" ] || { echo "test-sif: ERROR: no $(SIF); run make sif first" >&2; exit 1; }
+	@$(RESOLVE_TESTDATA); \
+	out="$(abspath $(IMAGE_OUTDIR))"; sif="$(abspath $(SIF))"; mkdir -p "$$out"; \
+	$(IMAGE_ENV) containers/sif.sh shim "$$out/shim"; \
+	printf "process {\n    withName: '.*' {\n        container = '%s'\n    }\n}\n" "$$sif" > "$$out/sif.config"; \
+	local=local; [ -z "$(NXF_ARGS)" ] || local=local_nxf_args; \
+	for engine in singularity local; do \
+	  dest=$$engine; [ $$engine = singularity ] || dest=$$local; \
+	  if [ $$engine = local ] && [ -z "$(NXF_ARGS)" ] && [ -d "$$out/local" ]; then continue; fi; \
+	  rm -rf "$$out/$$dest" "$$out/work_$$dest"; \
+	  echo "+ nextflow run main.nf -profile test,$$engine -c $$out/sif.config --testdata $$testdata --outdir $$out/$$dest -w $$out/work_$$dest $(NXF_ARGS)"; \
+	  ( cd "$$out" && PATH="$$out/shim:$(VENV_BIN):$$PATH" NXF_ANSI_LOG=false $(VENV_BIN)/nextflow run "$(CURDIR)/main.nf" -profile test,$$engine \
+	      -c "$$out/sif.config" --testdata "$$testdata" --outdir "$$out/$$dest" -w "$$out/work_$$dest" $(NXF_ARGS) ) \
+	    || { echo "test-sif: ERROR: the test profile failed with -profile test,$$engine (log: $$out/.nextflow.log)" >&2; exit 1; }; \
+	done; \
+	echo "+ benchmarks/compare_outputs.py $$out/$$local $$out/singularity --rtol $(IMAGE_RTOL)"; \
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/$$local" "$$out/singularity" --rtol $(IMAGE_RTOL) \
+	  || { echo "test-sif: ERROR: the SIF's outputs differ from the local run's (above)" >&2; exit 1; }; \
+	echo "test-sif: OK: the test profile with $(SIF) gives the local run's outputs ($$out/)"
 
 test: setup
 	@echo "+ python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS)"
@@ -114,11 +188,11 @@ lint:
 	@if [ ! -f containers/Dockerfile ]; then echo "lint: no containers/Dockerfile" >&2; \
 	elif command -v hadolint >/dev/null 2>&1; then echo "+ hadolint --config containers/.hadolint.yaml containers/Dockerfile"; hadolint --config containers/.hadolint.yaml containers/Dockerfile; \
 	else echo "lint: hadolint not on PATH; containers/Dockerfile not checked" >&2; fi
-	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh"; shellcheck .ci/run assets/nextflow/install.sh; \
+	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh containers/*.sh"; shellcheck .ci/run assets/nextflow/install.sh containers/*.sh; \
 	else echo "lint: shellcheck not on PATH; shell scripts not checked" >&2; fi
 
 clean:
-	rm -rf work .nextflow .nextflow.log* .nextflow.pid results
+	rm -rf work .nextflow .nextflow.log* .nextflow.pid results $(IMAGE_OUTDIR)
 
 # The packages the GPU machine lacks (benchmarks/gpu_wheels.txt, pinned to requirements.lock's versions), as
 # CPython 3.12 manylinux x86_64 wheels, without their dependencies; `#sdist` lines have no wheel on PyPI and are

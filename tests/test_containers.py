@@ -149,71 +149,227 @@ def test_lock_is_the_python_311_x86_64_lock():
 # ---------------------------------------------------------------------------------------------------------
 # Dockerfile
 # ---------------------------------------------------------------------------------------------------------
+def dockerfile_args(text: str) -> dict[str, str]:
+    """ARG defaults (the first declaration of each name wins, as the build sees it in the first stage)."""
+    out: dict[str, str] = {}
+    for name, value in re.findall(r"^ARG (\w+)=(\S*)", text, re.M):
+        out.setdefault(name, value)
+    return out
+
+
+def stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"] + [len(instructions)]
+    return [instructions[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env = {}
+    for word, args in stage:
+        if word == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", args))
+    return env
+
+
+def sync_step(text: str) -> str:
+    runs = [args for word, args in dockerfile_instructions(text) if word == "RUN"]
+    syncs = [args for args in runs if re.search(r"\buv pip sync\b", args)]
+    assert len(syncs) == 1, f"expected one `uv pip sync` of the lock, found {len(syncs)}"
+    return syncs[0]
+
+
 def test_dockerfile_installs_exactly_the_lock():
     text = DOCKERFILE.read_text()
     assert_no_foreign_pins("containers/Dockerfile", text)
     instructions = dockerfile_instructions(text)
+    build, final = stages(instructions)
     runs = [args for word, args in instructions if word == "RUN"]
-    for args in runs:
-        assert not INSTALL_CMD.search(args), f"Dockerfile installs packages by name: {args}"
-    syncs = [args for args in runs if re.search(r"\buv pip sync\b", args)]
-    assert len(syncs) == 1, f"expected one `uv pip sync` of the lock, found {len(syncs)}"
-    sync = syncs[0]
+    # the only package installed by name is uv itself, at the Makefile's version, in the build stage
+    installs = [m.group(0).strip() for a in runs for m in re.finditer(r"pip install [^&]*", a)]
+    assert installs == ['pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"'], installs
+    assert not any(INSTALL_CMD.search(a) for w, a in final if w == "RUN")
+    args = dockerfile_args(text)
+    assert args["UV_VERSION"] == makefile_uv_version(), "Dockerfile UV_VERSION != Makefile UV_VERSION"
+    sync = sync_step(text)
     mount = re.search(r"--mount=type=bind,source=requirements\.lock,target=(\S+)", sync)
     assert mount, "the lock must be bind-mounted into the sync step (source=requirements.lock)"
-    assert sync.rstrip().endswith(mount.group(1)), f"`uv pip sync` must install {mount.group(1)} and nothing else: {sync}"
+    target = mount.group(1)
+    assert sync.rstrip().endswith(target), f"`uv pip sync` must install {target} and nothing else: {sync}"
     assert "--python /opt/venv/bin/python" in sync
-    # Python 3.11, from the same uv the Makefile bootstraps
-    assert any(re.search(r"uv python install 3\.11\b", a) and re.search(r"uv venv --python 3\.11 /opt/venv", a) for a in runs)
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-    assert args["UV_VERSION"] == makefile_uv_version(), "Dockerfile UV_VERSION != Makefile UV_VERSION"
-    # nothing else from the build context but bin/ (the lock is mounted, not copied)
+    # the step's layer is keyed on the lock's digest (buildah 1.28 does not hash bind mounts): LOCK_SHA256 is
+    # an ARG used in the step, checked against the mounted file
+    assert "LOCK_SHA256" in args and f'echo "${{LOCK_SHA256}}  {target}" | sha256sum --check' in sync
+    # Python 3.11 is Debian's, and uv never downloads one
+    assert re.search(r"uv venv --python /usr/bin/python3\.11 /opt/venv", " ".join(runs))
+    assert env_of(build).get("UV_PYTHON_DOWNLOADS") == "never"
+    # nothing else from the build context but bin/ and the memory model c2l reads from ../assets next to bin/
+    # (the lock is mounted, not copied)
     copies = [a for w, a in instructions if w in ("COPY", "ADD")]
-    assert all(a.startswith("--from=") or a.split()[0] == "bin/" for a in copies), copies
+    assert all(a.startswith("--from=") or a.split()[0] in ("bin/", "assets/memory_model.json") for a in copies), copies
+    assert ("COPY", "assets/memory_model.json /opt/cell2location-nf/assets/memory_model.json") in instructions
+
+
+def run_digest_check(tmp_path: Path, lock_sha: str) -> subprocess.CompletedProcess:
+    """The sync step's digest check, run by bash on a copy of the lock at the mount target's place."""
+    sync = sync_step(DOCKERFILE.read_text())
+    target = re.search(r"target=(/tmp/requirements\.lock)", sync).group(1)
+    check = re.search(r"(if \[ -n \"\$\{LOCK_SHA256\}\" \]; then .*?; fi)", sync).group(1)
+    copy = tmp_path / "requirements.lock"
+    shutil.copy(LOCK, copy)
+    return subprocess.run(["bash", "-o", "pipefail", "-c", check.replace(target, str(copy))],
+                          env={**os.environ, "LOCK_SHA256": lock_sha}, capture_output=True, text=True, timeout=30)
+
+
+def test_dockerfile_lock_digest_check_bites(tmp_path):
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    assert run_digest_check(tmp_path, digest).returncode == 0
+    assert run_digest_check(tmp_path, "0" * 64).returncode != 0
+    assert run_digest_check(tmp_path, "").returncode == 0  # docker buildx without the argument: BuildKit hashes mounts
 
 
 def test_dockerfile_image_contract():
     text = DOCKERFILE.read_text()
     instructions = dockerfile_instructions(text)
-    final = final_stage(instructions)
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-    # CUDA base for both stages
-    froms = [a for w, a in instructions if w == "FROM"]
-    assert froms[-1].startswith("nvidia/cuda:${CUDA_VERSION}-${CUDA_FLAVOR}-ubuntu${UBUNTU_VERSION}"), froms
-    assert args["CUDA_VERSION"].startswith("13."), "torch 2.13.0 from PyPI is the CUDA 13 (cu130) build"
-    # ps (procps) installed in the final image, apt lists removed in the same layer; bash checked at build
+    build, final = stages(instructions)
+    args = dockerfile_args(text)
+    # one base for both stages, a build argument whose default is the public Debian 12 slim image
+    assert args["BASE_IMAGE"] == "docker.io/library/debian:bookworm-slim"
+    assert [a for w, a in instructions if w == "FROM"] == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert text.index("ARG BASE_IMAGE=") < text.index("FROM ")
+    # HTTPS with the system's CA store in the build (a proxy's CA in the base works), uv's cache outside layers
+    benv = env_of(build)
+    assert benv["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt" and benv["UV_NATIVE_TLS"] == "1"
+    assert benv["UV_CACHE_DIR"] == "${UV_CACHE_DIR}" and args["UV_CACHE_DIR"] == "/root/.cache/uv"
+    assert "--mount=type=cache,target=/root/.cache/uv" in sync_step(text)
+    build_apt = next(a for w, a in build if w == "RUN" and "apt-get install" in a)
+    assert re.search(r"apt-get install -y --no-install-recommends [^&]*\bpython3\.11\b", build_apt)
+    # final stage: python3.11 (the venv's interpreter) and ps (procps), apt lists removed in the same layer
     final_runs = [a for w, a in final if w == "RUN"]
     apt = next(a for a in final_runs if "apt-get install" in a)
-    assert re.search(r"apt-get install -y --no-install-recommends [^&]*\bprocps\b", apt)
+    packages = re.search(r"apt-get install -y --no-install-recommends ([^&]*)", apt).group(1).split()
+    assert {"procps", "python3.11"} <= set(packages), packages
     assert "rm -rf /var/lib/apt/lists/*" in apt
-    assert any("command -v ps" in a and "command -v bash" in a for a in final_runs)
-    # uv's cache never lands in a layer
-    for word, a in instructions:
-        if word == "RUN" and re.search(r"\buv (pip|python|venv)\b", a):
-            assert "--mount=type=cache,target=/root/.cache/uv" in a, f"uv step without a cache mount: {a[:80]}"
+    assert any("command -v ps" in a and "command -v bash" in a and "c2l --version" in a
+               and "test -s /opt/cell2location-nf/assets/memory_model.json" in a for a in final_runs)
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     # non-root at the end
     users = [a for w, a in final if w == "USER"]
     assert users, "the final stage sets no USER"
     assert users[-1].split(":")[0] not in ("0", "root"), users[-1]
-    # the pipeline's bin/ baked in and on PATH
+    # the pipeline's bin/ baked in and on PATH; the NVIDIA container toolkit's variables
     assert ("COPY", "bin/ /opt/cell2location-nf/bin/") in final
-    env = " ".join(a for w, a in final if w == "ENV")
-    assert re.search(r"PATH=[^ ]*/opt/cell2location-nf/bin", env) and re.search(r"PATH=[^ ]*/opt/venv/bin", env)
-    # OCI labels, version = the pipeline's
+    env = env_of(final)
+    assert env["PATH"].startswith("/opt/venv/bin:/opt/cell2location-nf/bin:")
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert env["MPLBACKEND"] == "Agg" and env["PYTHONNOUSERSITE"] == "1"
+    # OCI labels, version = the pipeline's, base.name = the base actually used
     labels = " ".join(a for w, a in final if w == "LABEL")
-    for key in ("source", "version", "licenses", "description", "title"):
+    for key in ("source", "version", "licenses", "description", "title", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels, f"missing OCI label {key}"
     assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    assert 'org.opencontainers.image.base.name="${BASE_IMAGE}"' in labels and ("ARG", "BASE_IMAGE") in final
     assert args["VERSION"] == manifest_version()
     # entrypoint-free, so Nextflow's `docker run IMAGE /bin/bash ...` runs as given
     assert not [a for w, a in final if w == "ENTRYPOINT"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# make image: the build script, the engine settings, the Makefile
+# ---------------------------------------------------------------------------------------------------------
+BUILD_SCRIPT = CONTAINERS / "build_image.sh"
+
+
+def test_build_script_passes_what_the_recipe_needs():
+    script = BUILD_SCRIPT.read_text()
+    code = code_lines(script)
+    # every ARG it passes exists in the Dockerfile; the lock digest is computed from the lock itself
+    docker_args = dockerfile_args(DOCKERFILE.read_text()) | {"BASE_IMAGE": ""}
+    passed = set(re.findall(r"--build-arg \"?(\w+)=", code))
+    assert {"BASE_IMAGE", "LOCK_SHA256", "UV_CACHE_DIR", "VERSION"} <= passed <= set(docker_args), passed
+    assert re.search(r"lock_sha=\$\(sha256sum requirements\.lock", code)
+    assert '"LOCK_SHA256=$lock_sha"' in code
+    # the host's uv cache is mounted where UV_CACHE_DIR points, so wheels are never downloaded twice
+    cache_target = re.search(r"--build-arg UV_CACHE_DIR=(\S+)", code).group(1)
+    assert f':{cache_target}"' in code and "--volume" in code
+    # docker format (OCI drops SHELL), the Dockerfile's own ignore file, the default base = the Dockerfile's
+    assert "--format docker" in code and "--ignorefile containers/Dockerfile.dockerignore" in code
+    assert re.search(r"^DEFAULT_BASE=(\S+)$", code, re.M).group(1) == dockerfile_args(DOCKERFILE.read_text())["BASE_IMAGE"]
+    assert "containers/local_base.sh" in code
+    assert "CONTAINERS_CONF" in code
+
+
+def test_containers_conf_runc_and_ulimits():
+    import tomllib
+
+    conf = tomllib.loads((CONTAINERS / "containers.conf").read_text())
+    assert conf["engine"]["runtime"] == "runc"
+    limits = dict(u.split("=", 1) for u in conf["containers"]["default_ulimits"])
+    assert limits == {"nofile": "20000:20000", "nproc": "32768:32768"}
+    makefile = (REPO / "Makefile").read_text()
+    assert "CONTAINERS_CONF ?= $(CURDIR)/containers/containers.conf" in makefile
+    for target in ("image:", "test-image: setup"):
+        body = makefile.split(f"\n{target}", 1)[1].split("\n\n", 1)[0]
+        assert "$(IMAGE_ENV)" in body, f"make {target} does not pass CONTAINERS_CONF"
+
+
+def test_local_base_script_is_safe_and_adds_the_host_cas():
+    code = code_lines((CONTAINERS / "local_base.sh").read_text())
+    assert 'debootstrap --variant=minbase --include="$include"' in code
+    assert re.findall(r"^ *include=(\S+)$", code, re.M) == ["ca-certificates", "ca-certificates,ubuntu-keyring"]
+    assert "rm -rf --one-file-system" in code and "umount" in code  # never deletes through a mounted /proc
+    assert "/etc/ssl/certs/ca-certificates.crt" in code and "update-ca-certificates" in code
+    assert "podman import" in code
+
+
+def test_shell_scripts_parse():
+    for script in (BUILD_SCRIPT, CONTAINERS / "local_base.sh", CONTAINERS / "sif.sh"):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+        assert os.access(script, os.X_OK), f"{script.name} is not executable"
+
+
+def test_image_check_compare():
+    sys.path.insert(0, str(CONTAINERS))
+    try:
+        import image_check
+    finally:
+        sys.path.pop(0)
+    lock = {"torch": "2.13.0", "nvidia-cuda-runtime": "13.0.96", "numpy": "2.4.6"}
+    assert image_check.compare(lock, dict(lock), {"torch": "2.13.0", "cuda-runtime": "13.0.96"}) == []
+    diffs = image_check.compare(lock, {"torch": "2.12.0", "nvidia-cuda-runtime": "13.0.96", "pip": "25.0"},
+                                {"torch": "2.12.0"})
+    assert diffs == ["in the lock, not in the image: numpy==2.4.6", "in the image, not in the lock: pip==25.0",
+                     "torch: image 2.12.0, lock 2.13.0", "c2l versions: torch 2.12.0, lock 2.13.0"], diffs
+
+
+def built_image() -> str | None:
+    """The image `make image` builds, when podman and the image are here."""
+    if not shutil.which("podman"):
+        return None
+    image = f"{IMAGE_REPO}:{manifest_version()}"
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS / "containers.conf")}
+    found = subprocess.run(["podman", "image", "exists", image], env=env, capture_output=True, timeout=60)
+    return image if found.returncode == 0 else None
+
+
+def test_built_image_holds_exactly_the_lock():
+    """The image itself (skipped without podman or before `make image`): the lock's packages, nothing else."""
+    image = built_image()
+    if image is None:
+        pytest.skip("no podman, or no image built here (make image)")
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS / "containers.conf")}
+    result = subprocess.run([sys.executable, str(CONTAINERS / "image_check.py"), image], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    labels = subprocess.run(["podman", "image", "inspect", "--format", "{{json .Labels}}", image], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert f'"org.opencontainers.image.version":"{manifest_version()}"' in labels.stdout
 
 
 def test_dockerignore_sends_only_the_lock_and_bin():
     lines = [line.strip() for line in (CONTAINERS / "Dockerfile.dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert "!requirements.lock" in lines and "!bin/" in lines
+    assert "!requirements.lock" in lines and "!bin/" in lines and "!assets/memory_model.json" in lines
 
 
 def hadolint_exe() -> str:
@@ -239,9 +395,10 @@ def test_hadolint_clean():
     assert result.returncode == 0 and not result.stdout.strip(), f"hadolint:\n{result.stdout}{result.stderr}"
     text = DOCKERFILE.read_text()
     pragmas = re.findall(r"^# hadolint ignore=(\S+)", text, re.M)
-    assert pragmas == ["DL3008"], f"unexpected hadolint ignores: {pragmas}"
-    before = text.split("# hadolint ignore=DL3008")[0].splitlines()[-4:]
-    assert any("DL3008" in line and "ignored on purpose" in line for line in before), "the DL3008 ignore needs its reason"
+    assert pragmas == ["DL3008", "DL3008"], f"unexpected hadolint ignores: {pragmas}"  # one per stage's apt-get
+    for part in text.split("# hadolint ignore=DL3008")[:-1]:
+        before = part.splitlines()[-4:]
+        assert any("DL3008" in line and "ignored on purpose" in line for line in before), "each DL3008 ignore needs its reason"
 
 
 def test_hadolint_config_is_live(tmp_path):
@@ -276,9 +433,8 @@ def test_apptainer_def_installs_exactly_the_lock():
     text = SIF_FROM_LOCK.read_text()
     header, sections = def_sections(text)
     assert header["Bootstrap"] == "docker"
-    docker_args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.M))
-    assert header["From"] == (f"nvidia/cuda:{docker_args['CUDA_VERSION']}-{docker_args['CUDA_FLAVOR']}"
-                              f"-ubuntu{docker_args['UBUNTU_VERSION']}"), "same base image as the Dockerfile"
+    base = dockerfile_args(DOCKERFILE.read_text())["BASE_IMAGE"]
+    assert header["From"] == base.removeprefix("docker.io/library/"), "same base image as the Dockerfile"
     assert_no_foreign_pins("containers/cell2location-nf.def", text)
     files = dict(line.split() for line in sections["files"].splitlines() if line.strip())
     assert files.get("requirements.lock"), "%files must bring requirements.lock"
@@ -289,8 +445,8 @@ def test_apptainer_def_installs_exactly_the_lock():
     assert installs and all(re.search(rf"pip install .*\buv=={re.escape(makefile_uv_version())}$", i) for i in installs), installs
     syncs = [line.strip() for line in post.splitlines() if re.search(r"\bpip sync\b", line)]
     assert len(syncs) == 1 and syncs[0].endswith(files["requirements.lock"]), syncs
-    assert re.search(r"python install 3\.11\b", post) and re.search(r"venv --python 3\.11 /opt/venv", post)
-    assert re.search(r"apt-get install -y --no-install-recommends procps\b", post)
+    assert re.search(r"venv --python /usr/bin/python3\.11 /opt/venv", post) and "UV_PYTHON_DOWNLOADS=never" in post
+    assert re.search(r"apt-get install -y --no-install-recommends [^\n]*\bprocps\b[^\n]*\bpython3\.11\b", post)
     assert "/opt/cell2location-nf/bin" in sections["environment"] and "/opt/venv/bin" in sections["environment"]
 
 

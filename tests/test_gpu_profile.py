@@ -34,7 +34,8 @@ REFERENCE = TESTDATA / "lymph_node" / "reference.h5ad"
 IMAGE = "ghcr.io/cell2location-nf/cell2location-nf:0.1.0"
 STEPS = {"READ_VISIUM", "FILTER_REFERENCE", "TRAIN_REFERENCE", "MAP_CELLS", "PLOT_SPATIAL"}
 GPU_STEPS = {"TRAIN_REFERENCE", "MAP_CELLS"}
-GPU_FLAG = {"docker": ["--gpus", "all"], "singularity": ["--nv"], "apptainer": ["--nv"]}
+GPU_FLAG = {"docker": ["--gpus", "all"], "podman": ["--device", "nvidia.com/gpu=all"], "singularity": ["--nv"],
+            "apptainer": ["--nv"]}
 FALLBACK_WARNING = "a GPU was requested but torch sees no CUDA device: training on the CPU instead"
 
 needs_nextflow = pytest.mark.skipif(not NEXTFLOW.exists(), reason="no .venv/bin/nextflow (run make setup)")
@@ -72,7 +73,7 @@ def setting_lines(config: str, key: str) -> list[str]:
 
 
 @needs_nextflow
-@pytest.mark.parametrize("engine", ["docker", "singularity", "apptainer"])
+@pytest.mark.parametrize("engine", ["docker", "podman", "singularity", "apptainer"])
 def test_config_gpu_profile_gives_process_gpu_an_accelerator(engine, tmp_path):
     config = flat_config(f"{engine},gpu", tmp_path)
     assert f"{engine}.enabled = true" in config
@@ -85,10 +86,11 @@ def test_config_gpu_profile_gives_process_gpu_an_accelerator(engine, tmp_path):
     block = config[config.index(opts[0]):].split("\n}\n", 1)[0] if "\n}\n" in config else config
     assert re.search(r"\['singularity', 'apptainer'\] \? '--nv'", block), block
     assert re.search(r"== 'docker' \? '--gpus all'", block), block
+    assert re.search(r"== 'podman' \? '--device nvidia.com/gpu=all'", block), block
 
 
 @needs_nextflow
-@pytest.mark.parametrize("profile", ["docker", "singularity,test", "apptainer", "conda", "local"])
+@pytest.mark.parametrize("profile", ["docker", "podman", "singularity,test", "apptainer", "conda", "local"])
 def test_config_without_gpu_profile_has_no_accelerator(profile, tmp_path):
     config = flat_config(profile, tmp_path)
     assert not setting_lines(config, "accelerator"), "an accelerator without -profile gpu"
@@ -223,6 +225,7 @@ E2E = [
     pytest.param("docker", True, [], id="docker,gpu"),
     pytest.param("singularity", True, ["--require_gpu"], id="singularity,gpu+require_gpu"),
     pytest.param("apptainer", True, [], id="apptainer,gpu"),
+    pytest.param("podman", True, [], id="podman,gpu"),
     pytest.param("docker", False, ["OVERRIDE"], id="docker,no-gpu+private-image"),
 ]
 
@@ -257,6 +260,8 @@ def test_only_training_steps_get_the_gpu(engine, gpu, extra, tmp_path):
         assert used_image == expected_image, f"{step} ran {used_image}"
         wants_gpu = gpu and step in GPU_STEPS
         assert has_flag(options, GPU_FLAG[engine]) == wants_gpu, f"{step}: {engine} options {options}"
+        if engine in ("docker", "podman"):  # tasks run as the calling user (rootful: the uid as is)
+            assert has_flag(options, ["-u", f"{os.getuid()}:{os.getgid()}"]), f"{step}: {options}"
         for other in ("--gpus", "--nv"):  # no other engine's flag, ever
             if other not in GPU_FLAG[engine]:
                 assert other not in options, f"{step}: {options}"
