@@ -1,7 +1,8 @@
 # cell2location-nf: local environment, demo run, tests.
 #
 #   make setup   .venv/ (Python 3.11, exactly requirements.lock, installed with uv) + .venv/bin/nextflow
-#   make demo    the pipeline on the small lymph node data set (-profile test,local)
+#   make demo    the pipeline on a HER2+ breast tumour section (-profile demo,local; data built on first use)
+#   make demo-test  the pipeline on the small lymph node test set (-profile test,local; a few minutes)
 #   make test    pytest (tests/), with .venv/bin first on PATH
 #   make bench   benchmarks/run.py
 #   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
@@ -49,7 +50,7 @@ NXF_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo test bench lint clean gpu-wheels
+.PHONY: help setup demo demo-test test bench lint clean gpu-wheels
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -76,29 +77,42 @@ $(LOCK_STAMP): requirements.lock | $(VENV)/bin/python $(UV_DEP)
 $(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VENV)/bin/python
 	bash assets/nextflow/install.sh $(VENV)
 
-# TESTDATA must hold lymph_node/. Left at its default and absent, the data set is built from its public
-# sources into TESTDATA_BUILD (once) and used from there.
+# The demo: HER2+ breast tumour section H1 + a breast-cancer reference (-profile demo,local). The set is built
+# once into TESTDATA_BUILD/her2st/ by tests/build_her2st.py from TESTDATA/upstream/ (or downloaded, checked by
+# sha256). `make demo-test` runs the fast lymph node test profile instead (TESTDATA must hold lymph_node/, or it
+# is rebuilt from its public sources into TESTDATA_BUILD).
 demo: setup
+	@if [ ! -f "$(TESTDATA_BUILD)/her2st/H1.h5ad" ]; then \
+	  echo "demo: building the demo data into $(TESTDATA_BUILD)/her2st/" >&2; \
+	  upstream=(); [ -d "$(TESTDATA)/upstream" ] && upstream=(--upstream-dir "$(abspath $(TESTDATA))/upstream"); \
+	  $(RUN_ENV) $(VENV)/bin/python tests/build_her2st.py --out "$(TESTDATA_BUILD)" "$${upstream[@]}"; \
+	fi
+	@echo "+ nextflow run main.nf -profile demo,local --testdata $(abspath $(TESTDATA_BUILD)) --outdir $(abspath $(OUTDIR)) $(NXF_ARGS)"
+	@$(RUN_ENV) $(VENV)/bin/nextflow run main.nf -profile demo,local --testdata "$(abspath $(TESTDATA_BUILD))" \
+	  --outdir "$(abspath $(OUTDIR))" $(NXF_ARGS)
+	@echo
+	@echo "Done. Look in $(OUTDIR)/:"
+	@echo "  $(OUTDIR)/plot_spatial/H1/   cell abundance maps of the tumour section"
+	@echo "  $(OUTDIR)/map_cells/         per-spot cell abundance estimates"
+	@echo "  $(OUTDIR)/pipeline_info/     Nextflow report, timeline and trace"
+	@echo "Check them against the pathologist: python benchmarks/her2st.py --results $(OUTDIR) --data $(TESTDATA_BUILD)/her2st"
+
+demo-test: setup
 	@testdata="$(abspath $(TESTDATA))"; \
 	if [ ! -d "$$testdata/lymph_node" ]; then \
 	  if [ "$(origin TESTDATA)" != file ]; then \
-	    echo "demo: ERROR: TESTDATA=$(TESTDATA) has no lymph_node/ folder" >&2; exit 1; \
+	    echo "demo-test: ERROR: TESTDATA=$(TESTDATA) has no lymph_node/ folder" >&2; exit 1; \
 	  fi; \
 	  testdata="$(abspath $(TESTDATA_BUILD))"; \
 	  if [ ! -d "$$testdata/lymph_node" ]; then \
-	    echo "demo: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
+	    echo "demo-test: $(TESTDATA)/lymph_node not found; building the test data into $(TESTDATA_BUILD)/" >&2; \
 	    $(RUN_ENV) $(VENV)/bin/python tests/build_testdata.py --out "$(TESTDATA_BUILD)"; \
 	    [ -d "$$testdata/lymph_node" ] \
-	      || { echo "demo: ERROR: tests/build_testdata.py left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
+	      || { echo "demo-test: ERROR: tests/build_testdata.py left no $(TESTDATA_BUILD)/lymph_node/" >&2; exit 1; }; \
 	  fi; \
 	fi; \
 	echo "+ nextflow run main.nf -profile test,local --testdata $$testdata --outdir $(abspath $(OUTDIR)) $(NXF_ARGS)"; \
 	$(RUN_ENV) $(VENV)/bin/nextflow run main.nf -profile test,local --testdata "$$testdata" --outdir "$(abspath $(OUTDIR))" $(NXF_ARGS)
-	@echo
-	@echo "Done. Look in $(OUTDIR)/:"
-	@echo "  $(OUTDIR)/plot_spatial/   cell abundance maps on the tissue"
-	@echo "  $(OUTDIR)/map_cells/      per-spot cell abundance estimates"
-	@echo "  $(OUTDIR)/pipeline_info/  Nextflow report, timeline and trace"
 
 test: setup
 	@echo "+ python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS)"

@@ -13,7 +13,7 @@ them out into a Space Ranger-style ``visium/`` folder and a ``reference.h5ad``:
 
 Pixel orientation and scale factors are re-derived here by fitting the spot lattice, not copied.
 
-Not part of the pipeline's package (bin/c2lnf): run it as `python tests/build_testdata.py --out DIR` (make demo
+Not part of the pipeline's package (bin/c2lnf): run it as `python tests/build_testdata.py --out DIR` (make demo-test
 does when ../shared/testdata is absent).
 """
 
