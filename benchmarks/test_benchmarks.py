@@ -70,3 +70,31 @@ def test_metrics_perfect_and_nnls_recovers_noiseless_mixtures():
     Y = truth.to_numpy(float) @ sig.to_numpy().T
     est = nnls_abundance(sp.csr_matrix(Y), sig.index, sig, truth.index)
     assert np.allclose(est.to_numpy(), truth.to_numpy(), atol=1e-6)
+
+
+def test_her2st_auroc_and_region_means():
+    from her2st import auroc, expected_pair_aurocs, proportions, region_means, to_common
+
+    spots = [f"s{i}" for i in range(8)]
+    regions = pd.Series(["invasive cancer"] * 3 + ["connective tissue"] * 3 + ["undetermined"] * 2, index=spots)
+    table = pd.DataFrame({
+        "Cancer Epithelial": [9, 8, 7, 1, 0, 2, 3, 1],
+        "Normal Epithelial": [0, 1, 0, 0, 0, 0, 0, 0],
+        "CAFs": [1, 0, 2, 9, 5, 1, 3, 2],  # 1 in a connective spot ranks below 2 and 3 elsewhere
+        "Plasmablasts": [1, 1, 1, 1, 1, 1, 1, 1],
+    }, index=spots, dtype=float)
+    common = to_common(table)
+    assert sorted(common.columns) == ["CAFs", "Epithelial", "Plasma Cells"]
+    assert common.loc["s1", "Epithelial"] == 9
+    got = expected_pair_aurocs(common, regions)
+    assert got["invasive cancer / Epithelial"] == 1.0
+    # CAFs in connective tissue: 15 pairs, connective spot s5 (1) beats 1 of 5 others, s3 and s4 beat all
+    assert abs(got["connective tissue / CAFs"] - (5 + 5 + 1.5) / 15) < 1e-12
+    assert "immune infiltrate / T-cells" not in got  # a type the table does not have is skipped
+    assert np.isnan(auroc(common["CAFs"], regions == "breast glands"))  # empty region
+    assert auroc(-common["Epithelial"], regions == "invasive cancer") == 0.0  # the score's direction matters
+    props = proportions(common)
+    assert np.allclose(props.sum(axis=1), 1)
+    means = region_means(props, regions)
+    assert list(means.index) == ["invasive cancer", "connective tissue", "undetermined"]
+    assert abs(means.loc["invasive cancer", "Epithelial"] - props.loc[["s0", "s1", "s2"], "Epithelial"].mean()) < 1e-12

@@ -1,0 +1,202 @@
+"""The demo checked against an independent truth: HER2+ breast tumour section H1 and its pathologist's regions.
+
+Inputs: a `make demo` (or `-profile demo`) output folder and the demo data folder (`her2st/` from
+`tests/build_her2st.py`). Three methods on the same 613 spots:
+
+- **cell2location**: the pipeline's `means_cell_abundance_w_sf` (and `q05_…`) per spot;
+- **stereoscope**: the study's own proportions (Andersson et al. 2021, `res/ST-deconv/props/major.zip`), fitted
+  with their own reference (Wu et al. breast-cancer atlas, more patients) at 8 major types, epithelial cells in one;
+- **NNLS**: `scipy.optimize.nnls` per spot on the pipeline's `signatures.csv` over the genes shared with H1.
+
+Scores, per method:
+
+- per pathologist region, the mean estimated **proportion** of each cell type (abundance / spot total);
+- for the expected pairs (`EXPECTED`), the **AUROC** (`sklearn.metrics.roc_auc_score`) of the type's score for
+  the spots of that region against all other spots (undetermined spots included among the others). The score is
+  the abundance for cell2location and NNLS and, since stereoscope reports proportions only, the proportion for
+  stereoscope; cell2location's and NNLS' proportions are scored too (`*_prop` rows).
+
+Cell types are compared at stereoscope's level: `Epithelial` = Cancer + Normal Epithelial, `Plasma Cells` =
+Plasmablasts. Output: a JSON (`--json`) and the markdown tables of docs/benchmarks.md (stdout).
+
+    python benchmarks/her2st.py --results results --data testdata_build/her2st \
+        --json benchmarks/results/her2st_demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SECTION = "H1"
+
+#: region -> the cell types (stereoscope's names) expected to be enriched there
+EXPECTED: dict[str, list[str]] = {
+    "cancer in situ": ["Epithelial"],
+    "invasive cancer": ["Epithelial"],
+    "immune infiltrate": ["T-cells", "B-cells", "Plasma Cells"],
+    "connective tissue": ["CAFs", "PVL", "Endothelial"],
+}
+
+#: the reference's celltype_major -> stereoscope's major types
+TO_COMMON = {
+    "Cancer Epithelial": "Epithelial",
+    "Normal Epithelial": "Epithelial",
+    "Plasmablasts": "Plasma Cells",
+}
+
+COMMON_TYPES = ["Epithelial", "T-cells", "B-cells", "Plasma Cells", "Myeloid", "CAFs", "PVL", "Endothelial"]
+REGION_ORDER = ["cancer in situ", "invasive cancer", "immune infiltrate", "connective tissue", "breast glands",
+                "adipose tissue", "undetermined"]
+
+
+def to_common(table: pd.DataFrame) -> pd.DataFrame:
+    """Sum columns into stereoscope's major types (unknown names kept as they are)."""
+    grouped = table.T.groupby(lambda c: TO_COMMON.get(c, c)).sum().T
+    return grouped
+
+
+def proportions(table: pd.DataFrame) -> pd.DataFrame:
+    tot = table.sum(axis=1)
+    return table.div(tot.where(tot > 0), axis=0).fillna(1.0 / table.shape[1])
+
+
+def auroc(score: pd.Series, in_region: pd.Series) -> float:
+    """AUROC of `score` for the spots with `in_region` True against the rest; NaN if either group is empty."""
+    y = in_region.loc[score.index].to_numpy(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score.to_numpy(float)))
+
+
+def expected_pair_aurocs(scores: pd.DataFrame, regions: pd.Series) -> dict[str, float]:
+    """{'region / type': AUROC} for every pair of EXPECTED that `scores` (spots x common types) holds."""
+    out = {}
+    for region, types in EXPECTED.items():
+        for ct in types:
+            if ct in scores.columns:
+                out[f"{region} / {ct}"] = auroc(scores[ct], regions == region)
+    return out
+
+
+def region_means(props: pd.DataFrame, regions: pd.Series) -> pd.DataFrame:
+    """Regions (rows, REGION_ORDER) x cell types: mean proportion over the region's spots."""
+    means = props.groupby(regions.loc[props.index].to_numpy()).mean()
+    return means.reindex([r for r in REGION_ORDER if r in means.index])
+
+
+def read_c2l(results: Path, stat: str) -> pd.DataFrame:
+    path = results / "map_cells" / "joint" / f"{SECTION}.{stat}_cell_abundance_w_sf.csv"
+    if not path.is_file():
+        hits = sorted(results.glob(f"map_cells/**/{SECTION}.{stat}_cell_abundance_w_sf.csv"))
+        if not hits:
+            raise SystemExit(f"her2st: no {SECTION}.{stat}_cell_abundance_w_sf.csv under {results}/map_cells")
+        path = hits[0]
+    table = pd.read_csv(path, index_col=0)
+    table.index = table.index.astype(str)
+    table.columns = [c.replace(f"{stat}cell_abundance_w_sf_", "") for c in table.columns]
+    return table
+
+
+def nnls(results: Path, data: Path) -> pd.DataFrame:
+    import anndata as ad
+
+    from metrics import nnls_abundance
+
+    sig = pd.read_csv(results / "train_reference" / "signatures.csv", index_col=0)
+    spots = ad.read_h5ad(data / f"{SECTION}.h5ad")
+    return nnls_abundance(spots.X, spots.var_names, sig, spots.obs_names)
+
+
+def evaluate(results: Path, data: Path) -> dict:
+    regions = pd.read_csv(data / f"{SECTION}_regions.csv", index_col=0)["region"]
+    regions.index = regions.index.astype(str)
+    stereo = pd.read_csv(data / f"{SECTION}_stereoscope_major.csv", index_col=0)
+    stereo.index = stereo.index.astype(str)
+    c2l_means = read_c2l(results, "means")
+    c2l_q05 = read_c2l(results, "q05")
+    nn = nnls(results, data)
+    for name, t in (("cell2location", c2l_means), ("NNLS", nn), ("stereoscope", stereo)):
+        if set(t.index) != set(regions.index):
+            raise SystemExit(f"her2st: {name} covers {len(t)} spots, the regions {len(regions)}")
+
+    methods = {
+        # name: (score table for the AUROC, proportions)
+        "cell2location": to_common(c2l_means),
+        "cell2location_q05": to_common(c2l_q05),
+        "cell2location_prop": proportions(to_common(c2l_means)),
+        "stereoscope": proportions(stereo),
+        "NNLS": to_common(nn),
+        "NNLS_prop": proportions(to_common(nn)),
+    }
+    out: dict = {"section": SECTION, "n_spots": int(len(regions)),
+                 "regions": regions.value_counts().to_dict(), "aurocs": {}, "region_means": {},
+                 "region_means_fine": {}}
+    for name, scores in methods.items():
+        out["aurocs"][name] = expected_pair_aurocs(scores.loc[regions.index], regions)
+    for name, table in (("cell2location", c2l_means), ("stereoscope", stereo), ("NNLS", nn)):
+        props = proportions(to_common(table)).reindex(columns=COMMON_TYPES)
+        out["region_means"][name] = region_means(props, regions).round(4).to_dict(orient="index")
+    out["region_means_fine"]["cell2location"] = region_means(proportions(c2l_means), regions).round(4) \
+        .to_dict(orient="index")
+    # cancer epithelial alone (cell2location and NNLS resolve it; stereoscope does not)
+    for name, table in (("cell2location", c2l_means), ("NNLS", nn)):
+        if "Cancer Epithelial" in table.columns:
+            for region in ("cancer in situ", "invasive cancer"):
+                out["aurocs"][name][f"{region} / Cancer Epithelial"] = auroc(table["Cancer Epithelial"],
+                                                                           regions == region)
+    training = sorted(results.glob("map_cells/**/*training*.json"))
+    if training:
+        out["map_training"] = json.loads(training[0].read_text())
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = []
+    pairs = list(res["aurocs"]["cell2location"])
+    cols = ["cell2location", "cell2location_prop", "stereoscope", "NNLS", "NNLS_prop"]
+    lines.append("| region / cell type | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for pair in pairs:
+        vals = [res["aurocs"][c].get(pair, float("nan")) for c in cols]
+        lines.append(f"| {pair} | " + " | ".join("–" if np.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+    lines.append("")
+    for name in ("cell2location", "stereoscope", "NNLS"):
+        table = pd.DataFrame(res["region_means"][name]).T
+        lines.append(f"Mean proportion per region, {name}:")
+        lines.append("")
+        lines.append("| region (spots) | " + " | ".join(table.columns) + " |")
+        lines.append("|---|" + "---:|" * table.shape[1])
+        for region, row in table.iterrows():
+            lines.append(f"| {region} ({res['regions'][region]}) | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=Path("results"), help="the demo's --outdir")
+    ap.add_argument("--data", type=Path, default=Path("testdata_build/her2st"), help="the demo data folder")
+    ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = evaluate(args.results, args.data)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
