@@ -52,7 +52,9 @@ def test_test_profile_output_tree(real):
     assert sorted(p.name for p in (out).iterdir()) == [
         "filter_reference", "map_cells", "multiqc", "pipeline_info", "plot_spatial", "read_visium", "train_reference"]
     assert sorted(p.name for p in (out / "map_cells").iterdir()) == ["joint"]
-    assert not any(name.endswith("versions.yml") and not name.startswith("pipeline_info/") for name in tree)
+    # (the report's copy of software_versions.yml is its content: multiqc/content/software_mqc_versions.yml)
+    assert not any(name.endswith("versions.yml") and not name.startswith(("pipeline_info/", "multiqc/content/"))
+                   for name in tree)
     for png in [t for t in tree if t.endswith(".png")]:
         assert (out / png).stat().st_size > 1000, png
     assert "cell2location-nf finished" in real.stdout
@@ -95,8 +97,9 @@ def test_test_profile_report(real):
         assert v["reconstruction_r_log1p"] == pytest.approx(r, abs=1e-4)
         assert v["reconstruction"] == ("PASS" if r >= 0.7 else "WARN" if r >= 0.5 else "FAIL"), v
         flat = abs(summary["elbo_relative_change_last_10pct"])
-        expected = ("PASS" if summary["stop_reason"].startswith("converged") or flat <= 1e-3 else
-                    "WARN" if flat <= 1e-2 else "FAIL")
+        expected = ("PASS" if summary["stop_reason"].startswith("converged") else
+                    "FAIL" if summary["epochs"] < 20 else  # this run's few epochs (TINY)
+                    "PASS" if flat <= 1e-3 else "WARN" if flat <= 1e-2 else "FAIL")
         assert v["converged"] == expected, (v, summary["stop_reason"], flat)
     assert 0 < models["reference"]["signature_r_median"] <= 1
     assert f"Run verdict: <strong>{verdicts['run_verdict']}</strong>" in html

@@ -95,6 +95,9 @@ def test_converged_status_of_fixed_epochs_and_shards():
                                     "elbo_relative_change_last_10pct": -4e-4})[0] == "PASS"
     assert report.converged_status({"stop_reason": "reached max_epochs 12",
                                     "elbo_relative_change_last_10pct": 0.015})[0] == "FAIL"
+    # a few epochs: the last 10 % of them say nothing, whatever their flatness
+    assert report.converged_status({"stop_reason": "reached max_epochs 3", "epochs": 3,
+                                    "elbo_relative_change_last_10pct": 0.0})[0] == "FAIL"
     sharded = {"n_shards": 2, "shards": {"a": {"stop_reason": "converged: x"},
                                          "b": {"stop_reason": "reached max_epochs 10",
                                                "elbo_relative_change_last_10pct": 5e-3}}}

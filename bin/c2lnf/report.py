@@ -51,6 +51,9 @@ THRESHOLDS = {
     "min_cells_per_type": {"pass": 20, "warn": 5, "higher": True},
 }
 
+#: fewer epochs than this, not stopped by the rule: not converged whatever the last 10 % of epochs look like
+MIN_JUDGE_EPOCHS = 20
+
 STATUS_COLOURS = {"PASS": "#5cb85c", "WARN": "#f0ad4e", "FAIL": "#d9534f", "MISSING": "#999999"}
 
 
@@ -192,6 +195,9 @@ def converged_status(summary: dict) -> tuple[str, str]:
         return worst(states), f"{sum(s == 'PASS' for s in states)}/{len(states)} shards converged"
     if reason.startswith("converged"):
         return "PASS", f"stopped by the rule at epoch {summary.get('stopped_epoch')}"
+    epochs = summary.get("epochs")
+    if epochs is not None and int(epochs) < MIN_JUDGE_EPOCHS:  # the last 10 % of a few epochs says nothing
+        return "FAIL", f"{int(epochs)} epochs: too few to call it converged ({reason or 'fixed epochs'})"
     status = grade(flat, "elbo_flatness")
     text = reason or "fixed epochs"
     if flat is not None:
