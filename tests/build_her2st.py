@@ -43,7 +43,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bin"))
-from build_testdata import UpstreamFile, _r_sparse, download, sha256_of  # noqa: E402
+from build_testdata import UpstreamFile, _r_sparse, download, replace_dir, sha256_of  # noqa: E402
 from c2lnf.errors import C2LError  # noqa: E402
 
 LOG = logging.getLogger("c2l")
@@ -284,13 +284,7 @@ def build_her2st(files: dict[str, Path], out_dir: Path) -> Path:
             "CID4465 (TNBC) from Wu et al. 2021 (Nat Genet 53:1334, GEO GSE176078); counts and colData unchanged.\n\n"
             + json.dumps(info, indent=1, default=int) + "\n"
         )
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=".her2st.old-"))
-            os.replace(final, old / "her2st")
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -474,17 +474,23 @@ def build_lymph_node(files: dict[str, Path], out_dir: Path) -> Path:
         info = _build_visium(files, tmp / "visium")
         _build_reference(files["ref_downsampled.rds"], tmp / "reference.h5ad")
         LOG.info("lattice: %s, max residual %.2fpx", info["orientation"], info["max_residual"])
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir, prefix=".lymph_node.old-"))
-            os.replace(final, old / "lymph_node")
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder `tmp` to `final`, replacing an earlier `final` only once `tmp` is complete (the old
+    one is moved aside first and removed after)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
