@@ -132,6 +132,10 @@ def training_options(model: str):
                          help="Posterior samples drawn by --export sampled."),
             click.option("--log-every", type=int, default=None, callback=_positive,
                          help="Log a progress line every N epochs (default: 20 lines per run)."),
+            click.option("--data-on-device", type=click.Choice(["auto", "on", "off"]), default="auto",
+                         show_default=True,
+                         help="Minibatched training: copy the whole data set to the training device once (dense) and "
+                              "draw the minibatches there; auto: on a GPU when it fits a quarter of its free memory."),
         ]
         for option in reversed(options):
             func = option(func)

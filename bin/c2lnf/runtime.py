@@ -116,6 +116,17 @@ def setup_logging(verbose: bool = False, warnings_file: Path | None = None) -> N
     warnings.filterwarnings("ignore", message=r".*names are not unique.*")
 
 
+def available_memory_gb() -> float | None:
+    """The host's available memory (MemAvailable of /proc/meminfo; None where there is none), in GB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy, torch and pyro (and scvi's own seed)."""
     import random
