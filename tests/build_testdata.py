@@ -125,7 +125,7 @@ def testdata_root() -> Path:
     env = os.environ.get("C2L_TESTDATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 
 
 def default_upstream_dirs() -> list[Path]:
