@@ -233,9 +233,32 @@ workflow {
 }
 
 workflow.onComplete {
+    // pipeline_info/run_status.json always; failed_run_report.html (what finished, the error) when a step failed
+    def page = null
+    if (params.outdir && !params.help) {
+        try {
+            page = RunStatus.write(
+                outdir:       params.outdir,
+                samplesheet:  params.input ? "${params.input}" : null,
+                success:      workflow.success,
+                runName:      workflow.runName,
+                start:        workflow.start,
+                complete:     workflow.complete,
+                duration:     workflow.duration,
+                errorMessage: workflow.errorMessage,
+                errorReport:  workflow.errorReport,
+                stats:        [succeeded: workflow.stats.succeedCount, failed: workflow.stats.failedCount,
+                               ignored: workflow.stats.ignoredCount, cached: workflow.stats.cachedCount],
+                commandLine:  workflow.commandLine,
+            )
+        } catch (Exception e) {
+            log.warn "pipeline_info/run_status.json not written: ${e.message}"
+        }
+    }
     if (workflow.success) {
         log.info "cell2location-nf finished: results in ${params.outdir} (multiqc/multiqc_report.html, plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
     } else {
-        log.error "cell2location-nf failed: see the error above and ${params.outdir}/pipeline_info/"
+        log.error "cell2location-nf failed: see the error above" +
+            (page ? "; what finished: ${page}" : " and ${params.outdir}/pipeline_info/")
     }
 }

@@ -143,3 +143,57 @@ def test_data_error_is_not_retried(tmp_path_factory):
     assert [(r["attempt"], r["status"], r["exit"]) for r in rows] == [("1", "FAILED", "1")]
     assert "Execution is retried" not in run.output
 
+
+
+def test_failed_run_reports_what_finished(injected):
+    """A run in which a step failed gets pipeline_info/failed_run_report.html (the error, what finished, its
+    figures) and run_status.json; the console points to the page."""
+    import json
+    from html.parser import HTMLParser
+
+    info = injected.outdir / "pipeline_info"
+    status = json.loads((info / "run_status.json").read_text())
+    assert status["status"] == "failed"
+    assert "MAP_CELLS" in status["error_message"] or "MAP_CELLS" in (status["error_report"] or ""), status
+    assert "field signatures: simulated" in status["error_report"], status["error_report"]
+    assert status["samples_expected"] == ["lymph_node"]
+    assert status["sections"] == [{"sample": "lymph_node", "read": True, "mapped": False, "figures": 0,
+                                   "in_samplesheet": True}]
+    assert [m["step"] for m in status["models"]] == ["train_reference"]         # the reference finished, no mapping
+    assert "map_cells" not in status["published_files_per_step"]
+    assert status["report"] is None and status["tasks"]["failed"] >= 1
+    page = (info / "failed_run_report.html").read_text()
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.text, self.imgs = [], []
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs)["src"])
+
+    parsed = Text()
+    parsed.feed(page)
+    text = " ".join(parsed.text)
+    assert "this run failed" in text and "field signatures: simulated" in text
+    assert "lymph_node" in text and "No model finished training" not in text
+    assert parsed.imgs and all((info / src).resolve().is_file() for src in parsed.imgs), parsed.imgs
+    assert f"what finished: {info / 'failed_run_report.html'}" in injected.output
+
+
+def test_successful_run_status(tmp_path_factory):
+    from nf_helpers import real_run
+
+    run = real_run(tmp_path_factory)
+    info = run.outdir / "pipeline_info"
+    import json
+
+    status = json.loads((info / "run_status.json").read_text())
+    assert status["status"] == "succeeded" and status["error_message"] is None
+    assert status["report"] == "multiqc/multiqc_report.html"
+    assert [s["sample"] for s in status["sections"] if s["read"] and s["mapped"] and s["figures"] > 0] == ["lymph_node"]
+    assert not (info / "failed_run_report.html").exists()
