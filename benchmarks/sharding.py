@@ -89,12 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-spots", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--shards", default="2,4", help="shard counts to compare with the unsharded run")
+    ap.add_argument("--repeat-seed", type=int, default=None,
+                    help="also the unsharded run with this training seed (same data): how far another seed moves the "
+                         "answer, the scale for the shards' agreement")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier run's work folder: its data, its Nextflow cache, and the results of the runs that "
+                         "finished there (taken as they are, not rerun)")
     ap.add_argument("--workdir", type=Path, default=HERE / "work")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = (a.workdir / f"sharding_{stamp}").resolve()
-    work.mkdir(parents=True)
+    work = a.reuse.resolve() if a.reuse else (a.workdir / f"sharding_{stamp}").resolve()
+    work.mkdir(parents=True, exist_ok=bool(a.reuse))
     if a.memory:
         rows = memory_per_task(a.memory, [1, 2, 4], 5, work)
         a.results.mkdir(parents=True, exist_ok=True)
@@ -107,39 +113,63 @@ def main(argv: list[str] | None = None) -> None:
         print(f"JSON: {path}")
         return
     panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
-    data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", a.n_spots, a.seed, panel=panel)
+    d = work / "data"
+    if a.reuse and (d / "design.json").exists():  # as written: rewriting them would change their dates (a cache miss)
+        data = {"reference": str(d / "reference_half.h5ad"), "spots": str(d / "spots.h5ad"),
+                "truth": str(d / "true_counts.csv"), "design": str(d / "design.json"),
+                "design_summary": json.loads((d / "design.json").read_text())}
+        ids = ["left", "right"]
+    else:
+        data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", d, a.n_spots, a.seed, panel=panel)
+        ids = split_sections(Path(data["spots"]), d)
     truth = pd.read_csv(data["truth"], index_col=0)
-    ids = split_sections(Path(data["spots"]), work / "data")
     sheet = work / "samplesheet.csv"
     sheet.write_text("sample,h5ad\n" + "".join(f"{s},{work / 'data' / f'{s}.h5ad'}\n" for s in ids))
     env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                NXF_ANSI_LOG="false", NXF_OFFLINE="true")
     runs = {}
-    for count in [1] + [int(k) for k in a.shards.split(",")]:
-        name = "unsharded" if count == 1 else f"{count}_shards"
+    plan = [(1, a.seed)] + [(int(k), a.seed) for k in a.shards.split(",")]
+    if a.repeat_seed is not None:
+        plan.append((1, a.repeat_seed))
+    for count, seed in plan:
+        name = ("unsharded" if count == 1 else f"{count}_shards") + ("" if seed == a.seed else f"_seed{seed}")
         extra = [] if count == 1 else ["--max_locations_per_model", str(-(-a.n_spots // count))]
         out = work / name
         cmd = ["nextflow", "run", REPO / "main.nf", "-profile", "local", "-resume", "-work-dir", work / "nf-work",
                "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key",
-               "sample", "--outdir", out, "--seed", a.seed, *extra]
-        res = timed_subprocess(cmd, work, work / f"{name}.log", env)
+               "sample", "--outdir", out, "--seed", seed, *extra]
+        if a.reuse and (out / "map_cells").is_dir() and (work / f"{name}.json").exists():
+            res = json.loads((work / f"{name}.json").read_text())  # finished in the earlier run: as it was
+            log(f"{name}: reused from {out}")
+        else:
+            res = timed_subprocess(cmd, work, work / f"{name}.log", env)
+            (work / f"{name}.json").write_text(json.dumps({"wall_s": res["wall_s"]}))
         trace = read_trace(out)
         maps = [{"tag": r.get("tag"), "status": r.get("status"), "realtime_s": r.get("realtime_s"),
                  "peak_rss_gb": r.get("peak_rss_gb")} for r in trace if r["process"] == "MAP_CELLS"]
         merge = [r for r in trace if r["process"] == "MERGE_SHARDS"]
         q05 = q05_of(out, ids)
         q05.index = [str(i) for i in q05.index]
-        runs[name] = {"shards": count, "wall_s": res["wall_s"], "map_cells_tasks": maps,
+        runs[name] = {"shards": count, "seed": seed, "wall_s": res["wall_s"], "map_cells_tasks": maps,
                       "merge_realtime_s": merge[0]["realtime_s"] if merge else None,
                       "metrics": evaluate(truth, q05)["overall"], "_q05": q05}
         log(f"{name}: {len(maps)} MAP_CELLS task(s), peak RSS {[m['peak_rss_gb'] for m in maps]} GB")
     base = runs["unsharded"]["_q05"]
+    repeat = next((r["_q05"] for n, r in runs.items() if n.startswith("unsharded_seed")), None)
+
+    def per_type_r(x, y):
+        shared = x.index.intersection(y.index)
+        return {c: float(np.corrcoef(x.loc[shared, c], y.loc[shared, c])[0, 1]) for c in x.columns}
+
     for name, r in runs.items():
         q = r.pop("_q05")
         if name == "unsharded":
             continue
-        shared = base.index.intersection(q.index)
-        per_type = {c: float(np.corrcoef(base.loc[shared, c], q.loc[shared, c])[0, 1]) for c in base.columns}
+        per_type = per_type_r(base, q)
+        if repeat is not None and not name.startswith("unsharded_seed"):
+            other = per_type_r(repeat, q)
+            r["q05_pearson_with_unsharded_other_seed"] = other
+            r["q05_pearson_median_other_seed"] = float(np.median(list(other.values())))
         r["q05_pearson_with_unsharded"] = per_type
         r["q05_pearson_median"] = float(np.median(list(per_type.values())))
         r["q05_pearson_min"] = float(min(per_type.values()))
@@ -152,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         m = r["metrics"]
         rss = ", ".join(fmt(t["peak_rss_gb"], 2) for t in r["map_cells_tasks"])
         qr = "" if name == "unsharded" else f"{r['q05_pearson_median']:.3f} / {r['q05_pearson_min']:.3f}"
+        if "q05_pearson_median_other_seed" in r:
+            qr += f" (other seed: {r['q05_pearson_median_other_seed']:.3f})"
         lines.append(f"| {name} | {len(r['map_cells_tasks'])} | ~{a.n_spots // r['shards']} | {rss} | "
                      + " | ".join(fmt(m[k]) for k in METRICS) + f" | {qr} |")
     md = "\n".join(lines)

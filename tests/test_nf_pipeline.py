@@ -269,3 +269,36 @@ def test_two_sections_per_sample(two_joint, tmp_path_factory):
         assert np.isfinite(means.values).all() and (means.values >= 0).all()
         assert not (folder / f"{'ln_right' if sample == 'ln_left' else 'ln_left'}.cell2location.h5ad").exists()
         assert len(list((run.outdir / "plot_spatial" / sample).glob("*.png"))) == 3
+
+
+def test_two_sections_detection_alpha_both_ways(two_joint, tmp_path_factory):
+    """A real --detection_alpha 20,200 run (same launch folder, -resume: READ_VISIUM cached): one joint model per
+    value, both kept, and the report names the value with the lower final -ELBO per location."""
+    import yaml
+
+    sheet = two_sections(tmp_path_factory)
+    sig = signatures_csv(tmp_path_factory)
+    run = assert_ok(run_nf(two_joint.launch, "-resume", "--input", sheet, "--signatures", sig,
+                           "--detection_alpha", "20,200", *SHORT, outdir="alphas", profile="local"))
+    assert sorted((r["tag"], r["status"]) for r in run.tasks("MAP_CELLS")) == [
+        ("joint_alpha200", "COMPLETED"), ("joint_alpha20", "COMPLETED")]
+    out = run.outdir
+    per_location = {}
+    for alpha in ("20", "200"):
+        model = out / "map_cells" / f"joint_alpha{alpha}"
+        summary = json.loads((model / f"joint_alpha{alpha}_training.json").read_text())
+        assert summary["model"]["detection_alpha"] == {"ln_left": float(alpha), "ln_right": float(alpha)}
+        assert summary["epochs"] == 10
+        per_location[float(alpha)] = summary["final_elbo"] / summary["model"]["n_locations"]
+        for sample in ("ln_left", "ln_right"):
+            q05 = pd.read_csv(model / f"{sample}.q05_cell_abundance_w_sf.csv", index_col=0)
+            assert q05.shape[1] == 11 and np.isfinite(q05.values).all()
+            assert (out / "plot_spatial" / sample / f"alpha{alpha}" / f"{sample}.alpha{alpha}.overlay.png").is_file()
+    # the two fits differ, and the report's choice is the lower -ELBO per location
+    assert per_location[20.0] != per_location[200.0]
+    verdicts = json.loads((out / "multiqc" / "content" / "verdicts.json").read_text())
+    assert verdicts["detection_alpha"] == {"joint": min(per_location, key=per_location.get)}, (verdicts, per_location)
+    table = yaml.safe_load((out / "multiqc" / "content" / "c2l_detection_alpha_mqc.yaml").read_text())["data"]
+    assert {k: v["elbo_per_location"] for k, v in table.items()} == pytest.approx(
+        {f"joint_alpha{a:g}": v for a, v in per_location.items()})
+    assert 'id="c2l_detection_alpha"' in (out / "multiqc" / "multiqc_report.html").read_text()
