@@ -182,11 +182,65 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+FIGURE_TYPES = ("Cancer Epithelial", "T-cells", "B-cells", "Myeloid", "CAFs")
+REGION_COLOURS = {"cancer in situ": "#d62728", "invasive cancer": "#ff7f0e", "immune infiltrate": "#1f77b4",
+                  "connective tissue": "#8c564b", "breast glands": "#e377c2", "adipose tissue": "#bcbd22",
+                  "undetermined": "#c7c7c7"}
+
+
+def figure(results: Path, data: Path, path: Path) -> Path:
+    """The pathologist's regions next to cell2location's q05 abundance of a few types, spot by spot (README)."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    section = ad.read_h5ad(data / f"{SECTION}.h5ad", backed="r")
+    xy = pd.DataFrame(np.asarray(section.obsm["spatial"]), index=section.obs_names.astype(str), columns=["x", "y"])
+    regions = pd.read_csv(data / f"{SECTION}_regions.csv", index_col=0)["region"]
+    regions.index = regions.index.astype(str)
+    q05 = read_c2l(results, "q05")
+    spots = xy.index.intersection(q05.index).intersection(regions.index)
+    xy, q05, regions = xy.loc[spots], q05.loc[spots], regions.loc[spots]
+    fig, grid = plt.subplots(2, 3, figsize=(12.5, 8.6))
+    axes = grid.ravel()
+    size = 34
+    ax = axes[0]
+    for name, colour in REGION_COLOURS.items():
+        sel = regions == name
+        if sel.any():
+            ax.scatter(xy.x[sel], xy.y[sel], s=size, c=colour, label=f"{name} ({int(sel.sum())})", linewidths=0)
+    ax.set_title("pathologist's regions", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=8, frameon=False,
+              markerscale=0.9, handletextpad=0.2, columnspacing=0.8)
+    for ax, cell_type in zip(axes[1:], FIGURE_TYPES):
+        values = q05[cell_type]
+        points = ax.scatter(xy.x, xy.y, s=size, c=values, cmap="magma", vmin=0,
+                            vmax=float(np.quantile(values, 0.992)), linewidths=0)
+        ax.set_facecolor("black")
+        ax.set_title(f"{cell_type} (q05 cells)", fontsize=10)
+        fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=8)
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("her2st section H1: the pathologist's regions and cell2location's maps (make demo)", fontsize=12)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="the demo's --outdir")
     ap.add_argument("--data", type=Path, default=Path("testdata_build/her2st"), help="the demo data folder")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="also draw the regions next to a few q05 maps into this PNG (the README's picture)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     res = evaluate(args.results, args.data)
@@ -195,6 +249,8 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(markdown(res))
+    if args.figure:
+        print(f"figure: {figure(args.results, args.data, args.figure)}")
     return 0
 
 
