@@ -123,7 +123,7 @@ def test_demo_output_matches_the_benchmark():
     """The full demo's numbers (C2L_DEMO_RESULTS=<its --outdir>) against the committed benchmark JSON."""
     results = os.environ.get("C2L_DEMO_RESULTS")
     if not results:
-        pytest.skip("set C2L_DEMO_RESULTS to a `make demo-her2st` output folder to check it")
+        pytest.skip("set C2L_DEMO_RESULTS to a `make demo` output folder to check it")
     data = Path(os.environ.get("C2L_DEMO_DATA", REPO / "testdata_build" / "her2st"))
     from her2st import evaluate
 
