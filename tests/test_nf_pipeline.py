@@ -281,7 +281,7 @@ def test_two_sections_detection_alpha_both_ways(two_joint, tmp_path_factory):
     run = assert_ok(run_nf(two_joint.launch, "-resume", "--input", sheet, "--signatures", sig,
                            "--detection_alpha", "20,200", *SHORT, outdir="alphas", profile="local"))
     assert sorted((r["tag"], r["status"]) for r in run.tasks("MAP_CELLS")) == [
-        ("joint_alpha200", "COMPLETED"), ("joint_alpha20", "COMPLETED")]
+        ("joint_alpha20", "COMPLETED"), ("joint_alpha200", "COMPLETED")]
     out = run.outdir
     per_location = {}
     for alpha in ("20", "200"):
