@@ -72,10 +72,10 @@ MEMORY_EPOCHS = _env_int("GPU_CHECK_MEMORY_EPOCHS", 30)
 
 # the tutorial's full runs, for the extrapolation
 TUTORIAL_EPOCHS = {"ref": 250, "map": 30000}
-VARIANT_FLAG = {"pipeline": "--no-early-stop", "tutorial": "--tutorial-settings", "hostdata": "--data-on-device"}
-# the flags each variant passes (VARIANT_FLAG's is the one whose presence in --help is checked)
+# the arguments each variant passes; its last option is the one whose presence in --help is checked
 VARIANT_ARGS = {"pipeline": ["--no-early-stop"], "tutorial": ["--tutorial-settings"],
                 "hostdata": ["--no-early-stop", "--data-on-device", "off"]}
+VARIANT_FLAG = {v: [a for a in args if a.startswith("--")][-1] for v, args in VARIANT_ARGS.items()}
 # `hostdata`: the pipeline's settings with scvi-tools' host-memory minibatch loader, the reference only (the
 # mapping model trains in one full batch, which scvi-tools keeps on the GPU anyway)
 VARIANT_KINDS = {"hostdata": ("ref",)}

@@ -30,6 +30,7 @@ from run import REPO, TESTDATA, fmt, log, machine, read_trace, timed_subprocess,
 
 METRICS = ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")
 BAR = {"q05_pearson_median_min": 0.98, "metric_tolerance": 0.01}
+SECTIONS = ("left", "right")  # the two sections split_sections cuts by x
 
 
 def split_sections(spots: Path, out: Path) -> list[str]:
@@ -39,7 +40,7 @@ def split_sections(spots: Path, out: Path) -> list[str]:
     adata = ad.read_h5ad(spots)
     x = np.asarray(adata.obsm["spatial"])[:, 0]
     ids = []
-    for name, mask in (("left", x <= np.median(x)), ("right", x > np.median(x))):
+    for name, mask in zip(SECTIONS, (x <= np.median(x), x > np.median(x))):
         part = adata[mask].copy()
         part.obs["sample"] = name
         part.write_h5ad(out / f"{name}.h5ad")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         data = {"reference": str(d / "reference_half.h5ad"), "spots": str(d / "spots.h5ad"),
                 "truth": str(d / "true_counts.csv"), "design": str(d / "design.json"),
                 "design_summary": json.loads((d / "design.json").read_text())}
-        ids = ["left", "right"]
+        ids = list(SECTIONS)
     else:
         data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", d, a.n_spots, a.seed, panel=panel)
         ids = split_sections(Path(data["spots"]), d)
