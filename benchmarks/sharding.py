@@ -48,6 +48,19 @@ def split_sections(spots: Path, out: Path) -> list[str]:
     return ids
 
 
+def map_summary(outdir: Path, tag: str | None) -> dict:
+    """Epochs, rate steps and the location weight of one MAP_CELLS task, from its training JSON."""
+    joint = outdir / "map_cells" / "joint"
+    shard = (tag or "").split(" ")[-1]
+    path = joint / "shards" / f"joint.{shard}_training.json" if shard.startswith("shard-") else joint / "joint_training.json"
+    if not path.exists():
+        return {}
+    j = json.loads(path.read_text())
+    return {"epochs": j.get("epochs"), "lr_steps_at": [e["epoch"] for e in j.get("lr_events", [])],
+            "location_weight": j.get("model", {}).get("location_weight"),
+            "train_seconds": j.get("train_seconds")}
+
+
 def q05_of(outdir: Path, ids: list[str]) -> pd.DataFrame:
     tables = []
     for s in ids:
@@ -93,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat-seed", type=int, default=None,
                     help="also the unsharded run with this training seed (same data): how far another seed moves the "
                          "answer, the scale for the shards' agreement")
+    ap.add_argument("--same-path", type=int, default=None, metavar="N",
+                    help="also the unsharded model with --map_level_epochs N (the rate falls at the same epochs as in "
+                         "the shards, whose default is 1000): sharding's own effect, apart from the training path")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier run's work folder: its data, its Nextflow cache, and the results of the runs that "
                          "finished there (taken as they are, not rerun)")
@@ -129,12 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                NXF_ANSI_LOG="false", NXF_OFFLINE="true")
     runs = {}
-    plan = [(1, a.seed)] + [(int(k), a.seed) for k in a.shards.split(",")]
+    plan = [(1, a.seed, None)] + [(int(k), a.seed, None) for k in a.shards.split(",")]
     if a.repeat_seed is not None:
-        plan.append((1, a.repeat_seed))
-    for count, seed in plan:
-        name = ("unsharded" if count == 1 else f"{count}_shards") + ("" if seed == a.seed else f"_seed{seed}")
+        plan.append((1, a.repeat_seed, None))
+    if a.same_path is not None:
+        plan.append((1, a.seed, a.same_path))
+    for count, seed, level in plan:
+        name = ("unsharded" if count == 1 else f"{count}_shards") + ("" if seed == a.seed else f"_seed{seed}") + \
+            ("" if level is None else f"_level{level}")
         extra = [] if count == 1 else ["--max_locations_per_model", str(-(-a.n_spots // count))]
+        if level is not None:
+            extra += ["--map_level_epochs", str(level)]
         out = work / name
         cmd = ["nextflow", "run", REPO / "main.nf", "-profile", "local", "-resume", "-work-dir", work / "nf-work",
                "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key",
@@ -147,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             (work / f"{name}.json").write_text(json.dumps({"wall_s": res["wall_s"]}))
         trace = read_trace(out)
         maps = [{"tag": r.get("tag"), "status": r.get("status"), "realtime_s": r.get("realtime_s"),
-                 "peak_rss_gb": r.get("peak_rss_gb")} for r in trace if r["process"] == "MAP_CELLS"]
+                 "peak_rss_gb": r.get("peak_rss_gb"), **map_summary(out, r.get("tag"))}
+                for r in trace if r["process"] == "MAP_CELLS"]
         merge = [r for r in trace if r["process"] == "MERGE_SHARDS"]
         q05 = q05_of(out, ids)
         q05.index = [str(i) for i in q05.index]
@@ -157,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name}: {len(maps)} MAP_CELLS task(s), peak RSS {[m['peak_rss_gb'] for m in maps]} GB")
     base = runs["unsharded"]["_q05"]
     repeat = next((r["_q05"] for n, r in runs.items() if n.startswith("unsharded_seed")), None)
+    same = next((r for n, r in runs.items() if n.startswith("unsharded_level")), None)
+    same_q05 = None if same is None else same["_q05"]
 
     def per_type_r(x, y):
         shared = x.index.intersection(y.index)
@@ -177,6 +201,15 @@ def main(argv: list[str] | None = None) -> None:
         r["metric_differences"] = {m: r["metrics"][m] - runs["unsharded"]["metrics"][m] for m in METRICS}
         r["bar_met"] = bool(r["q05_pearson_median"] >= BAR["q05_pearson_median_min"] and all(
             abs(d) <= BAR["metric_tolerance"] for d in r["metric_differences"].values()))
+        if same is not None and not name.startswith("unsharded"):  # against the unsharded model on the same path
+            per_type = per_type_r(same_q05, q)
+            r["same_path"] = {"q05_pearson_with_unsharded": per_type,
+                              "q05_pearson_median": float(np.median(list(per_type.values()))),
+                              "q05_pearson_min": float(min(per_type.values())),
+                              "metric_differences": {m: r["metrics"][m] - same["metrics"][m] for m in METRICS}}
+            r["same_path"]["bar_met"] = bool(
+                r["same_path"]["q05_pearson_median"] >= BAR["q05_pearson_median_min"]
+                and all(abs(d) <= BAR["metric_tolerance"] for d in r["same_path"]["metric_differences"].values()))
     lines = ["| run | MAP_CELLS tasks | locations per task | peak RSS per task (GB) | prop. r | RMSE | abundance r | "
              "AUPR | q05 r with unsharded (median / min) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():
@@ -185,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         qr = "" if name == "unsharded" else f"{r['q05_pearson_median']:.3f} / {r['q05_pearson_min']:.3f}"
         if "q05_pearson_median_other_seed" in r:
             qr += f" (other seed: {r['q05_pearson_median_other_seed']:.3f})"
+        if "same_path" in r:
+            sp = r["same_path"]
+            qr += (f"; same path: {sp['q05_pearson_median']:.3f} / {sp['q05_pearson_min']:.3f}, metrics within "
+                   f"{max(abs(d) for d in sp['metric_differences'].values()):.3f}")
         lines.append(f"| {name} | {len(r['map_cells_tasks'])} | ~{a.n_spots // r['shards']} | {rss} | "
                      + " | ".join(fmt(m[k]) for k in METRICS) + f" | {qr} |")
     md = "\n".join(lines)

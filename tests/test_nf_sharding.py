@@ -107,6 +107,9 @@ def test_sharded_joint_model_real(sharded):
         shard = json.loads((out / "shards" / f"joint.shard-{i}-of-3_training.json").read_text())
         assert shard["shard"]["spots"]["ln_left"] > 0 and shard["shard"]["spots"]["ln_right"] > 0
         assert shard["memory_estimate_gb"] > 0 and shard["model"]["n_locations"] == sum(shard["shard"]["spots"].values())
+        # weighted as a part of the 1000-location run, on the shards' common rate path
+        assert shard["model"]["locations_in_run"] == 1000 and shard["plan"]["level_epochs"] == 1000
+        assert shard["model"]["location_weight"] == pytest.approx(1000 / shard["model"]["n_locations"], rel=1e-5)
 
 
 # ---------------------------------------------------------------- Visium HD through the pipeline
@@ -128,11 +131,14 @@ def test_visium_hd_row_end_to_end(tmp_path_factory):
         sig = pd.DataFrame(rng.gamma(2.0, 1.0, size=(len(ids), 3)), index=ids, columns=["A", "B", "C"])
         sig.to_csv(folder / "signatures.csv")
         return assert_ok(run_nf(folder, "--input", sheet, "--signatures", folder / "signatures.csv", *SHORT,
-                                profile="local"))
+                                "--map_level_epochs", "7", profile="local"))
 
     run = shared("visium_hd", make, tmp_path_factory)
     assert "--bin-size 16" in (run.task_dir("READ_VISIUM") / ".command.sh").read_text()
     assert "--n-cells-per-location 3" in (run.task_dir("MAP_CELLS") / ".command.sh").read_text()
+    assert "--level-epochs 7" in (run.task_dir("MAP_CELLS") / ".command.sh").read_text()
+    summary = json.loads((run.outdir / "map_cells" / "joint" / "joint_training.json").read_text())
+    assert [(e["epoch"], round(e["lr"], 6)) for e in summary["lr_events"]] == [(7, 0.01)]  # --map_level_epochs 7
     mapped = ad.read_h5ad(run.outdir / "map_cells" / "joint" / "hd1.cell2location.h5ad")
     assert mapped.n_obs == 12 * 12 and mapped.uns["spatial"]["hd_lib"]["metadata"]["bin_size_um"] == 16
     assert (run.outdir / "plot_spatial" / "hd1").is_dir()

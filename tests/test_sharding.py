@@ -192,3 +192,56 @@ def test_minibatch_mapping(ln_halves, signatures_csv, tmp_path):
     assert summary["model"]["batch_size"] == 200 and summary["epochs"] == 20
     table = pd.read_csv(out / "ln_left.q05_cell_abundance_w_sf.csv", index_col=0)
     assert len(table) == summary["model"]["n_locations"] > 200 and np.isfinite(table.to_numpy()).all()
+
+
+def test_shard_weighs_its_locations_as_part_of_the_whole_run(sharded_mapping, ln_halves):
+    """Each shard's per-location ELBO terms carry the weight total / n (Pyro's subsample scaling): its gene-level
+    parameters meet their priors as in the unsharded model."""
+    shards, _ = sharded_mapping
+    n_total = sum(ad.read_h5ad(p, backed="r").n_obs for p in ln_halves.values())
+    for i in (1, 2):
+        summary = json.loads((shards / f"joint.{shard_tag(i, 2)}_training.json").read_text())
+        n = summary["model"]["n_locations"]
+        assert summary["shard"]["locations_in_run"] == summary["model"]["locations_in_run"] == n_total
+        assert summary["model"]["location_weight"] == pytest.approx(n_total / n, rel=1e-5)
+        assert 1.9 < summary["model"]["location_weight"] < 2.1
+        # every shard takes the same rate path: the rate falls every 1000 epochs, not at the -ELBO's plateaus
+        assert summary["plan"]["level_epochs"] == 1000
+
+
+def test_unsharded_model_lowers_its_rate_at_plateaus(joint_mapping):
+    summary = json.loads((joint_mapping / "joint_training.json").read_text())
+    assert summary["plan"]["level_epochs"] == 0
+    assert summary["model"]["location_weight"] == 1.0 and summary["model"]["locations_in_run"] == summary["model"]["n_locations"]
+
+
+def test_location_weight_scales_only_gene_level_terms(ln_halves, signatures_csv):
+    """map_cells(total_locations=2n): every ELBO term outside the location plate (gene-level parameters and
+    their hyperpriors) is weighted n / 2n = 0.5, in the model and in the guide; per-location terms (abundances,
+    detection, the data) keep weight 1; both exports give the model's own n rows."""
+    from pyro import poutine
+
+    from c2lnf.map_cells import map_cells, read_signatures
+    from c2lnf.training import Plan, _model_args
+
+    section = ad.read_h5ad(ln_halves["ln_left"])
+    sig = read_signatures(signatures_csv)
+    plan = Plan(max_epochs=3, lr=0.002, lr_min=0.002).fixed()
+    for analytic in (True, False):
+        trained, combined = map_cells({"ln_left": section}, sig, 30, {"ln_left": 20}, plan, "cpu", True, analytic, 5,
+                                      total_locations=2 * section.n_obs)
+        model = trained.model
+        assert combined.uns["c2l_params"]["location_weight"] == 2.0
+        args, kwargs = _model_args(model, None)
+        guide_trace = poutine.trace(model.module.guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model.module.model, trace=guide_trace)).get_trace(*args, **kwargs)
+        for trace in (model_trace, guide_trace):
+            scales = {n: float(s["scale"]) for n, s in trace.nodes.items() if s["type"] == "sample"}
+            for local in ("w_sf", "detection_y_s", "n_s_cells_per_location"):
+                assert scales[local] == 1.0
+            for gene_level in ("m_g", "s_g_gene_add", "alpha_g_inverse", "detection_mean_y_e", "m_g_mean"):
+                assert scales[gene_level] == pytest.approx(0.5)
+        assert float(model_trace.nodes["data_target"]["scale"]) == 1.0
+        for stat in STATS:
+            table = combined.obsm[f"{stat}_cell_abundance_w_sf"]
+            assert table.shape == (section.n_obs, sig.shape[1]) and np.isfinite(np.asarray(table)).all()

@@ -61,6 +61,28 @@ def test_a_decimal_factor_lands_on_lr_min():
     assert [e["lr"] for e in monitor.events if e["event"] == "lower_lr"] == [0.002]
 
 
+def test_fixed_level_epochs_give_every_curve_the_same_rate_path():
+    """level_epochs: the rate falls every N epochs whatever the curve does (flat, noisy, still falling), and
+    the plateau test only stops training at lr_min."""
+    plan = Plan(max_epochs=30000, lr=0.03, lr_min=0.002, tol=1e-4, window=100, check_every=100, min_epochs=500,
+                level_epochs=1000)
+    paths = []
+    for values in (np.full(30000, 2e5), curve(30000, tau=600, noise=200), curve(30000, tau=600, noise=200, seed=1),
+                   2e5 + 1e5 * (1 - np.arange(30000) / 30000)):
+        monitor, action = run(plan, values)
+        paths.append([(e["epoch"], round(e["lr"], 6)) for e in monitor.events if e["event"] == "lower_lr"])
+        if action == "stop":
+            assert monitor.stopped_epoch >= 3000 + 2 * 100 and monitor.lr == 0.002
+            assert monitor.stop_reason.startswith("converged")
+    assert all(p == [(1000, 0.01), (2000, 0.003333), (3000, 0.002)] for p in paths)
+    assert run(plan, np.full(30000, 2e5))[0].stopped_epoch == 3000 + 3 * 100  # two windows, then 2 checks below
+    falling, action = run(plan, 2e5 + 1e5 * (1 - np.arange(30000) / 30000))
+    assert action == "max_epochs"  # never flat: the ceiling, as without level_epochs
+    assert "every 1000 epochs" in plan.describe()
+    with pytest.raises(ValueError):
+        Plan(max_epochs=10, lr=0.03, lr_min=0.002, level_epochs=-1)
+
+
 def test_min_epochs_holds_the_stop():
     plan = Plan(max_epochs=5000, lr=0.01, lr_min=0.01, tol=1e-4, window=50, check_every=50, min_epochs=2000)
     monitor, action = run(plan, np.full(5000, 1e5))

@@ -92,6 +92,11 @@ DEFAULTS = {
 }
 
 
+# a shard's learning rate falls every this many epochs (map-cells --level-epochs): a plateau-driven path depends
+# on the -ELBO's noise, and the abundances' scale moves with the time spent at the high rate
+SHARD_LEVEL_EPOCHS = 1000
+
+
 def training_options(model: str):
     """Options shared by the two training steps; `model` ('reference' or 'mapping') picks the defaults."""
     from .training import TUTORIAL_LR, TUTORIAL_NUM_SAMPLES
@@ -280,19 +285,25 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
 @click.option("--shard", default=None, callback=_shard,
               help="I/K: fit only shard I of K of every section's spots (a random split stratified by section, "
                    "seeded by --seed); merge the K shards with merge-shards.")
+@click.option("--level-epochs", type=click.IntRange(min=0), default=None,
+              help="Epochs at each learning rate above --lr-min (the rate then falls at fixed epochs, not at "
+                   f"plateaus; 0: at plateaus). Default: {SHARD_LEVEL_EPOCHS} for a --shard (every shard of a run "
+                   "takes the same path, so their abundances share one scale), 0 otherwise.")
 @training_options("mapping")
 @_prefix_option("joint", "the model's name: <prefix>_model/, <prefix>_training.json, ...")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the per-section h5ad/CSVs and the model's outputs.")
 @domain_errors
-def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, batch_size, shard, device, require_gpu,
-                  threads, seed, prefix, outdir, **options):
+def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, batch_size, shard, level_epochs, device,
+                  require_gpu, threads, seed, prefix, outdir, **options):
     """Map cell types onto the sections with one Cell2location model (all --section's jointly)."""
     from .map_cells import run
 
     paths = _sections(sections)
     alpha = _per_section("--detection-alpha", detection_alpha, list(paths))
-    setup = _training(device, require_gpu, threads, seed, **options)
+    if level_epochs is None:
+        level_epochs = SHARD_LEVEL_EPOCHS if shard is not None else 0
+    setup = _training(device, require_gpu, threads, seed, level_epochs=level_epochs, **options)
     run(paths, signatures, n_cells_per_location, alpha, setup, outdir, prefix, shard=shard, shard_seed=seed,
         batch_size=batch_size)
 

@@ -31,6 +31,10 @@ class Plan:
     Divergence: a non-finite -ELBO, or a smoothed -ELBO that rises above the best one seen by more than
     `diverge_tol` (relative), stops the run; the caller restarts it from scratch at a lower rate.
 
+    `level_epochs` > 0: every level above `lr_min` lasts exactly this many epochs instead (the rate falls at
+    fixed epochs, whatever the -ELBO's noise does: models trained on parts of one data set, e.g. the shards of a
+    run, take the same path); the plateau test then only ends training at `lr_min`.
+
     `adaptive=False` is the tutorial: one fixed rate, all `max_epochs`, no stopping.
     """
 
@@ -45,9 +49,10 @@ class Plan:
     min_epochs: int = 0
     diverge_tol: float = 0.05
     adaptive: bool = True
+    level_epochs: int = 0
 
     def __post_init__(self):
-        if self.max_epochs < 1 or self.window < 1 or self.check_every < 1 or self.patience < 1:
+        if self.max_epochs < 1 or self.window < 1 or self.check_every < 1 or self.patience < 1 or self.level_epochs < 0:
             raise ValueError(f"invalid training plan {self}")
         if not (0 < self.lr_min <= self.lr) or not (0 < self.lr_factor < 1):
             raise ValueError(f"learning rates must satisfy 0 < lr_min <= lr and 0 < lr_factor < 1: {self}")
@@ -59,7 +64,8 @@ class Plan:
     def describe(self) -> str:
         if not self.adaptive:
             return f"{self.max_epochs} epochs at lr {self.lr:g} (fixed)"
-        return (f"lr {self.lr:g} -> {self.lr_min:g} (x{self.lr_factor:.3g} per plateau), stop when the "
+        steps = f"every {self.level_epochs} epochs" if self.level_epochs else "per plateau"
+        return (f"lr {self.lr:g} -> {self.lr_min:g} (x{self.lr_factor:.3g} {steps}), stop when the "
                 f"{self.window}-epoch mean -ELBO improves by < {self.tol:g} (relative) for {self.patience} checks "
                 f"every {self.check_every} epochs at lr {self.lr_min:g}; at most {self.max_epochs} epochs")
 
@@ -98,6 +104,18 @@ class Monitor:
         self._event(action, reason)
         return action
 
+    def _above_min(self) -> bool:
+        return self.lr > self.plan.lr_min * (1 + 1e-6)
+
+    def _lower(self, why: str) -> str:
+        p = self.plan
+        old, self.lr = self.lr, max(p.lr_min, self.lr * p.lr_factor)
+        if self.lr < p.lr_min * (1 + 1e-6):  # a factor given in decimals (0.0667 for 1/15) lands on lr_min
+            self.lr = p.lr_min
+        self.level_start, self.below = self.epoch, 0
+        self._event("lower_lr", f"{why}: lr {old:g} -> {self.lr:g}")
+        return "lower_lr"
+
     def update(self, elbo: float) -> str:
         p = self.plan
         self.elbo.append(float(elbo))
@@ -105,6 +123,8 @@ class Monitor:
             return self._finish("diverged", f"-ELBO is {elbo} at epoch {self.epoch} (lr {self.lr:g})")
         if self.epoch >= p.max_epochs:
             return self._finish("max_epochs", f"reached max_epochs {p.max_epochs}")
+        if p.adaptive and p.level_epochs and self._above_min() and self.epoch - self.level_start >= p.level_epochs:
+            return self._lower(f"{p.level_epochs} epochs at lr {self.lr:g}")
         if self.epoch % p.check_every:
             return "continue"
         w = p.window
@@ -126,13 +146,10 @@ class Monitor:
                 self._event("converged", f"the stopping rule would have stopped here (relative improvement "
                                          f"{self.last_rel:.2e} < {p.tol:g}); training goes on (fixed epochs)")
             return "continue"
-        if self.lr > p.lr_min * (1 + 1e-6):
-            old, self.lr = self.lr, max(p.lr_min, self.lr * p.lr_factor)
-            if self.lr < p.lr_min * (1 + 1e-6):  # a factor given in decimals (0.0667 for 1/15) lands on lr_min
-                self.lr = p.lr_min
-            self.level_start, self.below = self.epoch, 0
-            self._event("lower_lr", f"plateau at lr {old:g} (relative improvement {self.last_rel:.2e} < {p.tol:g}): lr -> {self.lr:g}")
-            return "lower_lr"
+        if self._above_min():
+            if p.level_epochs:  # the rate falls at fixed epochs, not at plateaus
+                return "continue"
+            return self._lower(f"plateau at lr {self.lr:g} (relative improvement {self.last_rel:.2e} < {p.tol:g})")
         if self.epoch < p.min_epochs:
             return "continue"
         self.converged_epoch = self.epoch
@@ -623,7 +640,7 @@ class Setup:
 
 def setup_from_options(max_epochs: int, tutorial_settings: bool, lr: float, lr_min: float, stop_tol: float,
                        stop_window: int, min_epochs: int, early_stop: bool, export_mode: str, num_samples: int,
-                       log_every: int | None = None, data_on_device: str = "auto") -> Setup:
+                       log_every: int | None = None, data_on_device: str = "auto", level_epochs: int = 0) -> Setup:
     """The Setup the CLI's training options describe (no device yet); --tutorial-settings wins."""
     if tutorial_settings:
         return Setup(Plan(max_epochs, TUTORIAL_LR, TUTORIAL_LR).fixed(), False, False, TUTORIAL_NUM_SAMPLES,
@@ -632,7 +649,7 @@ def setup_from_options(max_epochs: int, tutorial_settings: bool, lr: float, lr_m
         LOG.info("--lr %g is below --lr-min %g: training at one rate, %g", lr, lr_min, lr)
         lr_min = lr
     plan = Plan(max_epochs=max_epochs, lr=lr, lr_min=lr_min, tol=stop_tol, window=stop_window,
-                check_every=stop_window, min_epochs=min_epochs)
+                check_every=stop_window, min_epochs=min_epochs, level_epochs=level_epochs)
     return Setup(plan if early_stop else plan.fixed(), True, export_mode == "analytic", num_samples,
                  log_every=log_every, data_on_device=data_on_device)
 
