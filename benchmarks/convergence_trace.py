@@ -9,7 +9,7 @@ stopping rule would have stopped): --analyse.
 
     .venv/bin/python benchmarks/convergence_trace.py --data DIR --signatures CSV --seed 3 --out DIR
     .venv/bin/python benchmarks/convergence_trace.py --analyse --out DIR --truth true_counts.csv \
-        --base seed3 --compare seed4 --compare shard1+shard2 --compare shard1w+shard2w
+        --base seed3 --compare seed4 --compare shard1+shard2 --compare shard1w+shard2w [--figure PNG --label TAG=TEXT ...]
 
 --analyse compares, every 1000 epochs, the q05 of --base (a trace's tag: trace_<tag>.npz) with each --compare
 (tags joined by '+' are shards: their spots are concatenated): per-type Pearson r (median, lowest), the mean q05
@@ -165,8 +165,38 @@ def analyse(a) -> None:
             print(f"{other:>16} {epoch:>6}  r {x['q05_r_median']:.3f} / {x['q05_r_min']:.3f}  mean q05 "
                   f"{x['q05_mean_base']:.3f} / {x['q05_mean_other']:.3f}  largest metric difference "
                   f"{x['largest_metric_difference']:.3f}")
+    if a.figure:
+        plot(rows, a.base, a.figure, dict(item.split("=", 1) for item in a.label))
     schedules = {t: str(d["schedule"]) for t, d in load.items()}
     (a.out / "analysis.json").write_text(json.dumps({"base": a.base, "schedules": schedules, "rows": rows}, indent=1))
+
+
+def plot(rows: list[dict], base: str, path: Path, labels: dict[str, str]) -> None:
+    """Two panels against the epoch: the abundances' scale (mean q05) of every run, and each run's largest
+    ground-truth metric difference from `base`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    others = list(dict.fromkeys(r["other"] for r in rows))
+    first = [r for r in rows if r["other"] == others[0]]
+    left.plot([r["epoch"] for r in first], [r["q05_mean_base"] for r in first], "k-o", label=labels.get(base, base))
+    for other in others:
+        mine = [r for r in rows if r["other"] == other]
+        label = labels.get(other, other)
+        left.plot([r["epoch"] for r in mine], [r["q05_mean_other"] for r in mine], "-o", ms=3, label=label)
+        right.plot([r["epoch"] for r in mine], [r["largest_metric_difference"] for r in mine], "-o", ms=3, label=label)
+    right.axhline(0.01, color="grey", ls="--", lw=1, label="bar: 0.01")
+    left.set(xlabel="epoch", ylabel="mean q05 abundance", title="the abundances' scale keeps moving")
+    right.set(xlabel="epoch", ylabel="largest ground-truth metric difference", title=f"against {labels.get(base, base)}, same rate path")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -188,6 +218,8 @@ def main() -> None:
     ap.add_argument("--truth", type=Path)
     ap.add_argument("--base", default="seed3")
     ap.add_argument("--compare", action="append", default=[])
+    ap.add_argument("--figure", type=Path, default=None, help="with --analyse: a PNG of the comparison")
+    ap.add_argument("--label", action="append", default=[], help="TAG=TEXT: the figure's name for a run")
     a = ap.parse_args()
     analyse(a) if a.analyse else run(a)
 
