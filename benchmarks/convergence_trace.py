@@ -71,12 +71,7 @@ def run(a) -> None:
     class Trace(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             epoch = trainer.current_epoch + 1
-            new = lr_at(epoch)
-            for opt in pl_module.optim.optim_objs.values():
-                for g in opt.param_groups:
-                    g["lr"] = new
-            if isinstance(pl_module.optim.pt_optim_args, dict):
-                pl_module.optim.pt_optim_args["lr"] = new
+            T.set_learning_rate(pl_module, lr_at(epoch))
             if epoch % a.every:
                 return
             model = current[0]

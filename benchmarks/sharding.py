@@ -177,39 +177,36 @@ def main(argv: list[str] | None = None) -> None:
                       "merge_realtime_s": merge[0]["realtime_s"] if merge else None,
                       "metrics": evaluate(truth, q05)["overall"], "_q05": q05}
         log(f"{name}: {len(maps)} MAP_CELLS task(s), peak RSS {[m['peak_rss_gb'] for m in maps]} GB")
-    base = runs["unsharded"]["_q05"]
-    repeat = next((r["_q05"] for n, r in runs.items() if n.startswith("unsharded_seed")), None)
+    repeat = next((r for n, r in runs.items() if n.startswith("unsharded_seed")), None)
     same = next((r for n, r in runs.items() if n.startswith("unsharded_level")), None)
-    same_q05 = None if same is None else same["_q05"]
 
     def per_type_r(x, y):
         shared = x.index.intersection(y.index)
         return {c: float(np.corrcoef(x.loc[shared, c], y.loc[shared, c])[0, 1]) for c in x.columns}
 
+    def agreement(reference: dict, q: pd.DataFrame, metrics: dict) -> dict:
+        """A run's q05 and metrics against a reference run's (an unsharded one), and whether the bar is met."""
+        per_type = per_type_r(reference["_q05"], q)
+        out = {"q05_pearson_with_unsharded": per_type, "q05_pearson_median": float(np.median(list(per_type.values()))),
+               "q05_pearson_min": float(min(per_type.values())),
+               "metric_differences": {m: metrics[m] - reference["metrics"][m] for m in METRICS}}
+        out["bar_met"] = bool(out["q05_pearson_median"] >= BAR["q05_pearson_median_min"] and all(
+            abs(d) <= BAR["metric_tolerance"] for d in out["metric_differences"].values()))
+        return out
+
     for name, r in runs.items():
-        q = r.pop("_q05")
         if name == "unsharded":
             continue
-        per_type = per_type_r(base, q)
+        q = r["_q05"]
         if repeat is not None and not name.startswith("unsharded_seed"):
-            other = per_type_r(repeat, q)
+            other = per_type_r(repeat["_q05"], q)
             r["q05_pearson_with_unsharded_other_seed"] = other
             r["q05_pearson_median_other_seed"] = float(np.median(list(other.values())))
-        r["q05_pearson_with_unsharded"] = per_type
-        r["q05_pearson_median"] = float(np.median(list(per_type.values())))
-        r["q05_pearson_min"] = float(min(per_type.values()))
-        r["metric_differences"] = {m: r["metrics"][m] - runs["unsharded"]["metrics"][m] for m in METRICS}
-        r["bar_met"] = bool(r["q05_pearson_median"] >= BAR["q05_pearson_median_min"] and all(
-            abs(d) <= BAR["metric_tolerance"] for d in r["metric_differences"].values()))
+        r.update(agreement(runs["unsharded"], q, r["metrics"]))
         if same is not None and not name.startswith("unsharded"):  # against the unsharded model on the same path
-            per_type = per_type_r(same_q05, q)
-            r["same_path"] = {"q05_pearson_with_unsharded": per_type,
-                              "q05_pearson_median": float(np.median(list(per_type.values()))),
-                              "q05_pearson_min": float(min(per_type.values())),
-                              "metric_differences": {m: r["metrics"][m] - same["metrics"][m] for m in METRICS}}
-            r["same_path"]["bar_met"] = bool(
-                r["same_path"]["q05_pearson_median"] >= BAR["q05_pearson_median_min"]
-                and all(abs(d) <= BAR["metric_tolerance"] for d in r["same_path"]["metric_differences"].values()))
+            r["same_path"] = agreement(same, q, r["metrics"])
+    for r in runs.values():
+        del r["_q05"]
     lines = ["| run | MAP_CELLS tasks | locations per task | peak RSS per task (GB) | prop. r | RMSE | abundance r | "
              "AUPR | q05 r with unsharded (median / min) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():

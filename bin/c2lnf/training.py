@@ -168,20 +168,22 @@ class Monitor:
         }
 
 
+def set_learning_rate(pl_module, lr: float) -> None:
+    """Set the learning rate of a Pyro training plan's optimisers (those made so far, and those made later)."""
+    optim = pl_module.optim  # pyro.optim.PyroOptim: one torch optimiser per parameter, made on first use
+    if isinstance(optim.pt_optim_args, dict):
+        optim.pt_optim_args["lr"] = lr
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 def control_callback(monitor: Monitor, log_every: int | None = None):
     """A Lightning callback that feeds each epoch's -ELBO to `monitor`, sets the learning rate of Pyro's
     optimisers, stops the trainer when the monitor says so, and logs a line every `log_every` epochs."""
     from lightning.pytorch.callbacks import Callback
 
     every = log_every or max(1, monitor.plan.max_epochs // 20)
-
-    def set_lr(pl_module, lr: float) -> None:
-        optim = pl_module.optim  # pyro.optim.PyroOptim: one torch optimiser per parameter, made on first use
-        if isinstance(optim.pt_optim_args, dict):
-            optim.pt_optim_args["lr"] = lr
-        for opt in optim.optim_objs.values():
-            for group in opt.param_groups:
-                group["lr"] = lr
 
     class TrainingControl(Callback):
         def __init__(self):
@@ -195,7 +197,7 @@ def control_callback(monitor: Monitor, log_every: int | None = None):
             value = float(sum(float(o["loss"]) for o in outputs) / len(outputs)) if outputs else math.nan
             self.action = monitor.update(value)
             if self.action == "lower_lr":
-                set_lr(pl_module, monitor.lr)
+                set_learning_rate(pl_module, monitor.lr)
                 LOG.info("epoch %d: %s", monitor.epoch, monitor.events[-1]["detail"])
             elif self.action != "continue":
                 trainer.should_stop = True
