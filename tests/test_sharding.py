@@ -209,9 +209,11 @@ def test_shard_weighs_its_locations_as_part_of_the_whole_run(sharded_mapping, ln
         assert summary["plan"]["level_epochs"] == 1000
 
 
-def test_unsharded_model_lowers_its_rate_at_plateaus(joint_mapping):
+def test_unsharded_model_takes_the_shards_rate_path(joint_mapping):
+    """The default path of an unsharded model is the shards' (the rate falls every 1000 epochs), so that a sharded
+    run reproduces the unsharded run that did not fit."""
     summary = json.loads((joint_mapping / "joint_training.json").read_text())
-    assert summary["plan"]["level_epochs"] == 0
+    assert summary["plan"]["level_epochs"] == 1000
     assert summary["model"]["location_weight"] == 1.0 and summary["model"]["locations_in_run"] == summary["model"]["n_locations"]
 
 

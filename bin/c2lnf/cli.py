@@ -87,14 +87,9 @@ DEFAULTS = {
     "ref_stop_window": 10, "ref_min_epochs": 50, "ref_num_samples": 1000,
     "n_cells_per_location": 30, "detection_alpha": 20,
     "map_max_epochs": 30000, "map_lr": 0.03, "map_lr_min": 0.002, "map_stop_tol": 1e-4, "map_stop_window": 100,
-    "map_min_epochs": 500, "map_num_samples": 1000,
+    "map_min_epochs": 500, "map_num_samples": 1000, "map_level_epochs": 1000,
     "n_overlay": 6, "seed": 0,
 }
-
-
-# a shard's learning rate falls every this many epochs (map-cells --level-epochs): a plateau-driven path depends
-# on the -ELBO's noise, and the abundances' scale moves with the time spent at the high rate
-SHARD_LEVEL_EPOCHS = 1000
 
 
 def training_options(model: str):
@@ -285,10 +280,11 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
 @click.option("--shard", default=None, callback=_shard,
               help="I/K: fit only shard I of K of every section's spots (a random split stratified by section, "
                    "seeded by --seed); merge the K shards with merge-shards.")
-@click.option("--level-epochs", type=click.IntRange(min=0), default=None,
-              help="Epochs at each learning rate above --lr-min (the rate then falls at fixed epochs, not at "
-                   f"plateaus; 0: at plateaus). Default: {SHARD_LEVEL_EPOCHS} for a --shard (every shard of a run "
-                   "takes the same path, so their abundances share one scale), 0 otherwise.")
+@click.option("--level-epochs", type=click.IntRange(min=0), default=DEFAULTS["map_level_epochs"], show_default=True,
+              help="Epochs at each learning rate above --lr-min: the rate falls at fixed epochs, so every model "
+                   "(another seed, every shard of a run) takes the same path and the abundances' scale, which "
+                   "moves with the time spent at the high rate, is the same. 0: at plateaus of the -ELBO (a path "
+                   "that depends on its noise).")
 @training_options("mapping")
 @_prefix_option("joint", "the model's name: <prefix>_model/, <prefix>_training.json, ...")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
@@ -301,8 +297,6 @@ def map_cells_cmd(sections, signatures, n_cells_per_location, detection_alpha, b
 
     paths = _sections(sections)
     alpha = _per_section("--detection-alpha", detection_alpha, list(paths))
-    if level_epochs is None:
-        level_epochs = SHARD_LEVEL_EPOCHS if shard is not None else 0
     setup = _training(device, require_gpu, threads, seed, level_epochs=level_epochs, **options)
     run(paths, signatures, n_cells_per_location, alpha, setup, outdir, prefix, shard=shard, shard_seed=seed,
         batch_size=batch_size)
