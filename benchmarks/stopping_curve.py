@@ -1,8 +1,8 @@
 """Ground-truth accuracy against the stopping point of the mapping model: how the default tolerance was chosen.
 
 For each tolerance in --tols, trains Cell2location on the benchmark's simulated spots (benchmarks/simulate.py;
-reference signatures from --signatures) with the pipeline's plan (training.Plan: lr 0.03 -> 0.002, x1/3 per
-plateau, window/check every --window epochs, JitTrace_ELBO), and records where it stopped, the time, and every
+reference signatures from --signatures) with the pipeline's plan (training.Plan: lr 0.03 -> 0.002, x1/3 every
+--level-epochs or, with 0, per plateau; window/check every --window epochs, JitTrace_ELBO), and records where it stopped, the time, and every
 --eval-every epochs the q05 abundances' ground-truth metrics (benchmarks/metrics.py), and their per-type Pearson r
 with a tutorial run's q05 when --tutorial-q05 is given. Writes one JSON per tolerance under --out.
 
@@ -74,7 +74,7 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
         return current[0]
 
     plan = T.Plan(max_epochs=a.max_epochs, lr=a.lr, lr_min=a.lr_min, lr_factor=a.lr_factor, tol=tol,
-                  window=a.window, check_every=a.window, min_epochs=a.min_epochs)
+                  window=a.window, check_every=a.window, min_epochs=a.min_epochs, level_epochs=a.level_epochs)
     seed_everything(a.seed)
     PyroSviTrainMixin.train = train_with_eval
     try:
@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--lr-min", type=float, default=0.002)
     ap.add_argument("--lr-factor", type=float, default=1 / 3, help="lr multiplier at each plateau above --lr-min")
+    ap.add_argument("--level-epochs", type=int, default=1000,
+                    help="epochs at each rate above --lr-min (the pipeline's --map_level_epochs); 0: lower it at "
+                         "plateaus (the plan of the 20261126 results)")
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--min-epochs", type=int, default=500)
     ap.add_argument("--max-epochs", type=int, default=30000)
