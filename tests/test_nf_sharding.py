@@ -11,6 +11,7 @@ import pytest
 
 from nf_helpers import LYMPH_NODE, REPO, STATS, assert_ok, needs_testdata, run_nf, shared, signatures_csv, stub_run, two_sections
 from test_nf_pipeline import SHORT
+from c2lnf.cli import DEFAULTS
 
 pytestmark = needs_testdata
 
@@ -108,7 +109,7 @@ def test_sharded_joint_model_real(sharded):
         assert shard["shard"]["spots"]["ln_left"] > 0 and shard["shard"]["spots"]["ln_right"] > 0
         assert shard["memory_estimate_gb"] > 0 and shard["model"]["n_locations"] == sum(shard["shard"]["spots"].values())
         # weighted as a part of the 1000-location run, on the shards' common rate path
-        assert shard["model"]["locations_in_run"] == 1000 and shard["plan"]["level_epochs"] == 1000
+        assert shard["model"]["locations_in_run"] == 1000 and shard["plan"]["level_epochs"] == DEFAULTS["map_level_epochs"]
         assert shard["model"]["location_weight"] == pytest.approx(1000 / shard["model"]["n_locations"], rel=1e-5)
 
 

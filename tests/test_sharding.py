@@ -12,6 +12,7 @@ import pytest
 
 from conftest import TINY_MAPPING, assert_failed_cleanly, assert_png, invoke, no_staging
 from c2lnf import memory
+from c2lnf.cli import DEFAULTS
 from c2lnf.map_cells import STATS, shard_tag
 
 COEF = {"base_gb": 1.5, "gb_per_location_gene": 2e-8, "gb_per_location_type": 1e-6}
@@ -205,15 +206,15 @@ def test_shard_weighs_its_locations_as_part_of_the_whole_run(sharded_mapping, ln
         assert summary["shard"]["locations_in_run"] == summary["model"]["locations_in_run"] == n_total
         assert summary["model"]["location_weight"] == pytest.approx(n_total / n, rel=1e-5)
         assert 1.9 < summary["model"]["location_weight"] < 2.1
-        # every shard takes the same rate path: the rate falls every 1000 epochs, not at the -ELBO's plateaus
-        assert summary["plan"]["level_epochs"] == 1000
+        # every shard takes the same rate path: the rate falls at fixed epochs, not at the -ELBO's plateaus
+        assert summary["plan"]["level_epochs"] == DEFAULTS["map_level_epochs"] > 0
 
 
 def test_unsharded_model_takes_the_shards_rate_path(joint_mapping):
-    """The default path of an unsharded model is the shards' (the rate falls every 1000 epochs), so that a sharded
+    """The default path of an unsharded model is the shards' (the rate falls at fixed epochs), so that a sharded
     run reproduces the unsharded run that did not fit."""
     summary = json.loads((joint_mapping / "joint_training.json").read_text())
-    assert summary["plan"]["level_epochs"] == 1000
+    assert summary["plan"]["level_epochs"] == DEFAULTS["map_level_epochs"] > 0
     assert summary["model"]["location_weight"] == 1.0 and summary["model"]["locations_in_run"] == summary["model"]["n_locations"]
 
 

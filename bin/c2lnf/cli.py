@@ -87,7 +87,7 @@ DEFAULTS = {
     "ref_stop_window": 10, "ref_min_epochs": 50, "ref_num_samples": 1000,
     "n_cells_per_location": 30, "detection_alpha": 20,
     "map_max_epochs": 30000, "map_lr": 0.03, "map_lr_min": 0.002, "map_stop_tol": 1e-4, "map_stop_window": 100,
-    "map_min_epochs": 500, "map_num_samples": 1000, "map_level_epochs": 1000,
+    "map_min_epochs": 500, "map_num_samples": 1000, "map_level_epochs": 2000,
     "n_overlay": 6, "seed": 0,
 }
 
