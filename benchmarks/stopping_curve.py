@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--lr-min", type=float, default=0.002)
     ap.add_argument("--lr-factor", type=float, default=1 / 3, help="lr multiplier at each plateau above --lr-min")
-    ap.add_argument("--level-epochs", type=int, default=1000,
+    ap.add_argument("--level-epochs", type=int, default=2000,
                     help="epochs at each rate above --lr-min (the pipeline's --map_level_epochs); 0: lower it at "
                          "plateaus (the plan of the 20261126 results)")
     ap.add_argument("--window", type=int, default=100)
