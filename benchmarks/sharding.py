@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="also the unsharded run with this training seed (same data): how far another seed moves the "
                          "answer, the scale for the shards' agreement")
     ap.add_argument("--same-path", type=int, default=None, metavar="N",
-                    help="also the unsharded model with --map_level_epochs N (the default, 2000, is every run's: "
+                    help="also the unsharded model with --map_level_epochs N (the default is every run's path: "
                          "0 shows how far the plateau-driven path lands from it)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier run's work folder: its data, its Nextflow cache, and the results of the runs that "

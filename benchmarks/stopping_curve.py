@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bin"))
 sys.path.insert(0, str(HERE))
 
+from c2lnf.cli import DEFAULTS  # noqa: E402
 from c2lnf.runtime import prepare_environment, seed_everything, setup_logging  # noqa: E402
 
 prepare_environment()
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--lr-min", type=float, default=0.002)
     ap.add_argument("--lr-factor", type=float, default=1 / 3, help="lr multiplier at each plateau above --lr-min")
-    ap.add_argument("--level-epochs", type=int, default=2000,
+    ap.add_argument("--level-epochs", type=int, default=DEFAULTS["map_level_epochs"],
                     help="epochs at each rate above --lr-min (the pipeline's --map_level_epochs); 0: lower it at "
                          "plateaus (the plan of the 20261126 results)")
     ap.add_argument("--window", type=int, default=100)
