@@ -9,6 +9,10 @@ results (seed = design seed) are read from its JSON and counted as one seed of e
     .venv/bin/python benchmarks/seed_spread.py --bar-json benchmarks/results/bench_bar_<stamp>.json \
         --pipeline-seeds 11,12,13 --tutorial-seeds 11
 
+The tutorial's settings do not change with the pipeline's defaults: `--tutorial-seeds "" --tutorial-runs-from
+benchmarks/results/seed_spread_<earlier>.json` reuses an earlier run's tutorial seeds (same designs, hence the
+same simulated data) instead of spending ~30 min per seed again.
+
 Runs the designs side by side (--parallel, default 2), one core each; timings are not reported (the machine
 is shared between the runs on purpose), only metrics. Writes benchmarks/results/seed_spread_<stamp>.json.
 """
@@ -33,7 +37,8 @@ from bar import DESIGNS, METRICS, TUTORIAL  # noqa: E402
 from run import REPO, device, log, pipeline_command, timed_subprocess, versions  # noqa: E402
 
 
-def one_design(design: dict, bar_design: dict, work: Path, env: dict, p_seeds: list, t_seeds: list) -> dict:
+def one_design(design: dict, bar_design: dict, work: Path, env: dict, p_seeds: list, t_seeds: list,
+               earlier_tutorial: dict | None = None) -> dict:
     from metrics import evaluate
 
     bar_work = Path(bar_design["_workdir"])
@@ -45,6 +50,8 @@ def one_design(design: dict, bar_design: dict, work: Path, env: dict, p_seeds: l
     one_cpu.write_text("process.resourceLimits = [cpus: 1]\n")
     runs = {"pipeline": {str(design["seed"]): bar_design["pipeline"]["metrics"]["overall"]},
             "tutorial": {str(design["seed"]): bar_design["tutorial_by_hand"]["metrics"]["overall"]}}
+    for seed, metrics in (earlier_tutorial or {}).items():
+        runs["tutorial"].setdefault(seed, metrics)
     q05s = {}
     for seed in p_seeds:
         w = work / f"pipeline_seed{seed}"
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bar-json", type=Path, required=True, help="a bench_bar_*.json whose work folder still exists")
     ap.add_argument("--pipeline-seeds", default="11,12,13")
     ap.add_argument("--tutorial-seeds", default="11")
+    ap.add_argument("--tutorial-runs-from", type=Path, default=None,
+                    help="an earlier seed_spread_*.json whose tutorial seeds are counted too (same designs)")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=HERE / "work")
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -111,13 +120,20 @@ def main(argv: list[str] | None = None) -> None:
     p_seeds = [int(s) for s in a.pipeline_seeds.split(",") if s]
     t_seeds = [int(s) for s in a.tutorial_seeds.split(",") if s]
     designs = [d for d in DESIGNS if d["name"] in by_name]
+    earlier = {}
+    if a.tutorial_runs_from:
+        for r in json.loads(a.tutorial_runs_from.read_text())["designs"]:
+            if r["design"] != next((d for d in designs if d["name"] == r["design"]["name"]), None):
+                raise SystemExit(f"seed_spread: {a.tutorial_runs_from} ran design {r['design']['name']} with other settings")
+            earlier[r["design"]["name"]] = r["runs"]["tutorial"]
     with cf.ThreadPoolExecutor(a.parallel) as pool:
-        futures = [pool.submit(one_design, d, by_name[d["name"]], work / d["name"], env, p_seeds, t_seeds)
-                   for d in designs]
+        futures = [pool.submit(one_design, d, by_name[d["name"]], work / d["name"], env, p_seeds, t_seeds,
+                               earlier.get(d["name"])) for d in designs]
         results = [f.result() for f in futures]
     md = table(results)
     out = {"run_id": f"seed_spread_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"),
            "bar_json": str(a.bar_json), "pipeline_seeds": p_seeds, "tutorial_seeds": t_seeds,
+           "tutorial_runs_from": str(a.tutorial_runs_from) if a.tutorial_runs_from else None,
            "versions": versions(), "designs": results, "table_markdown": md}
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"seed_spread_{stamp}.json"

@@ -23,6 +23,9 @@ def test_stub_shards_and_merges(tmp_path_factory):
     assert sorted(r["tag"] for r in run.tasks("MAP_CELLS")) == [f"joint shard-{i}-of-3" for i in (1, 2, 3)]
     assert [r["tag"] for r in run.tasks("MERGE_SHARDS")] == ["joint"]
     assert "model 'joint': 1000 locations, at most 400 per model (--max_locations_per_model): 3 shards" in run.log
+    # shards of 333 locations, below the smallest measured to agree with an unsharded model: one warning
+    assert "model 'joint': shards of ~333 locations (--max_locations_per_model)" in run.log
+    assert "raise --max_locations_per_model if memory allows" in run.log
     out = run.outdir / "map_cells" / "joint"
     for stat in STATS:
         assert (out / f"lymph_node.{stat}_cell_abundance_w_sf.csv").exists()
@@ -64,6 +67,7 @@ def test_budget_from_the_memory_model_matches_the_python_rule(tmp_path_factory):
                            "--gpu_memory_gb", str(budget), profile="local"))
     assert len(run.tasks("MAP_CELLS")) == expected
     assert f"memory model within --gpu_memory_gb {budget}" in run.log
+    assert "shards of ~250 locations" in run.log and "raise --gpu_memory_gb if memory allows" in run.log
 
 
 def test_no_shards_within_the_budget(tmp_path_factory):
@@ -71,6 +75,7 @@ def test_no_shards_within_the_budget(tmp_path_factory):
     run = stub_run(tmp_path_factory)
     assert [r["tag"] for r in run.tasks("MAP_CELLS")] == ["joint"]
     assert not run.tasks("MERGE_SHARDS")
+    assert "shards of ~" not in run.log
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,30 @@ def test_merged_summary_and_history_describe_every_shard(sharded_mapping, ln_hal
     assert_png(merged / "joint_history.png")
 
 
+def test_shard_history_plot_marks_rate_steps_and_each_stop(tmp_path, monkeypatch):
+    from c2lnf import merge_shards, runtime
+
+    drawn = []
+    monkeypatch.setattr(runtime, "save_figures", lambda figures, path: drawn.extend(figures) or path)
+    events = [{"epoch": 2000, "lr": 0.01}, {"epoch": 4000, "lr": 0.0033}]
+    histories, summaries = {}, {}
+    reasons = ["converged: the 100-epoch mean -ELBO improved by 2e-05 (< tol 0.0001, relative) at 2 checks",
+               "reached max_epochs 4600"]
+    for i, (n, reason) in enumerate(zip([4300, 4600], reasons), start=1):
+        tag = shard_tag(i, 2)
+        histories[tag] = pd.DataFrame({"epoch": np.arange(1, n + 1), "elbo_train": np.linspace(2e5, 1e5, n)})
+        summaries[tag] = {"epochs": n, "stopped_epoch": n, "stop_reason": reason, "lr_events": events}
+    merge_shards.plot_shard_histories(histories, summaries, tmp_path / "h.png", "model")
+    ax = drawn[0].axes[0]
+    steps = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":")
+    assert steps == [2000, 4000]  # one line per step, shared by the shards
+    stops = [line.get_xdata()[0] for line in ax.lines if line.get_marker() == "|"]
+    assert stops == [4300, 4600]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "4300 ep., converged" in labels[0] and "4600 ep., max epochs" in labels[1]
+    assert ax.get_xlim()[1] >= 4600
+
+
 def test_merge_with_a_missing_shard_fails_cleanly(sharded_mapping, ln_halves, tmp_path):
     shards, _ = sharded_mapping
     partial = tmp_path / "partial"

@@ -76,23 +76,53 @@ def merge_section(section: ad.AnnData, sample: str, tables: dict[str, pd.DataFra
     return out, ordered
 
 
-def plot_shard_histories(histories: dict[str, pd.DataFrame], stops: dict[str, str], path: Path, title: str) -> Path:
-    """-ELBO per epoch of every shard in one figure (first 10 % of each left out), where each stopped."""
+def short_reason(stop_reason: str | None) -> str:
+    """A shard's stop reason (training.Monitor's sentence) in a word or two, for a legend."""
+    text = stop_reason or ""
+    if text.startswith("converged"):
+        return "converged"
+    if text.startswith("reached max_epochs"):
+        return "max epochs"
+    return "diverged" if text else "done"
+
+
+def plot_shard_histories(histories: dict[str, pd.DataFrame], summaries: dict[str, dict], path: Path,
+                         title: str) -> Path:
+    """-ELBO per epoch of every shard in one figure (first 10 % of each left out), with the epochs at which the
+    learning rate was lowered (grey, as in an unsharded model's plot) and where and why each shard stopped."""
     import matplotlib.pyplot as plt
 
     from .runtime import save_figures
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps: dict[int, float] = {}
+    last = 0
     for i, (tag, h) in enumerate(histories.items()):
+        s = summaries.get(tag, {})
         skip = min(1000, len(h) // 10)
         part = h.iloc[skip:]
-        color = plt.cm.viridis(i / max(1, len(histories) - 1))
-        ax.plot(part["epoch"], part["elbo_train"], lw=0.8, color=color, label=f"{tag}: {stops[tag]}")
+        color = plt.cm.tab10(i % 10) if len(histories) <= 10 else plt.cm.viridis(0.85 * i / (len(histories) - 1))
+        reason = short_reason(s.get("stop_reason"))
+        ax.plot(part["epoch"], part["elbo_train"], lw=0.8, color=color,
+                label=f"{tag}: {s.get('epochs', len(h))} ep., {reason}")
+        stopped = s.get("stopped_epoch")
+        if stopped is not None and len(part):
+            ax.plot([stopped], [part["elbo_train"].iloc[-1]], marker="|", ms=14, mew=2, color="black",
+                    zorder=5)
+        last = max(last, stopped or (int(h["epoch"].iloc[-1]) if len(h) else 0))
+        for event in s.get("lr_events") or []:
+            steps.setdefault(int(event["epoch"]), float(event["lr"]))
+    for epoch, lr in sorted(steps.items()):
+        ax.axvline(epoch, color="0.6", ls=":", lw=1)
+        ax.annotate(f"lr {lr:.3g}", (epoch, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                    ha="right", fontsize=7, color="0.4")
+    if last:
+        ax.set_xlim(0, last * 1.03)
     ax.set_xlabel("epoch")
     ax.set_ylabel("-ELBO loss")
     if len(histories) <= 12:
-        ax.legend(fontsize=7, frameon=False)
-    ax.set_title(f"{title}\n{len(histories)} shards (one model each)", fontsize=10)
+        ax.legend(fontsize=7, frameon=False, loc="lower left")  # the curves fall from upper left
+    ax.set_title(f"{title}\n{len(histories)} shards (one model each); black bar: where each stopped", fontsize=10)
     return save_figures([fig], path)
 
 
@@ -130,8 +160,8 @@ def run(sections: dict[str, Path], shard_dir: Path, count: int, outdir: Path, pr
         history = pd.concat([h.assign(shard=t) for t, h in histories.items()], ignore_index=True)
         history.to_csv(out.path(f"{prefix}_history.csv"), index=False)
         stops = {t: f"{s.get('epochs')} epochs, {s.get('stop_reason') or 'done'}" for t, s in summaries.items()}
-        plot_shard_histories(histories, {t: f"{s.get('epochs')} ep." for t, s in summaries.items()},
-                             out.path(f"{prefix}_history.png"), f"cell2location model '{prefix}'")
+        plot_shard_histories(histories, summaries, out.path(f"{prefix}_history.png"),
+                             f"cell2location model '{prefix}'")
         n_loc = [s.get("model", {}).get("n_locations") for s in summaries.values()]
         est = [s.get("memory_estimate_gb") for s in summaries.values()]
         summary = {
