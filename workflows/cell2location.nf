@@ -208,7 +208,8 @@ def shardModel(Map meta, List files, long n, Map shape, Map budget) {
     def m = meta + [n_locations: n, max_locations: most]
     def count = most ? Math.ceil(n / (double) most) as int : 1
     if (count <= 1) { return [[m, files]] }
-    def why = budget.max_locations ? '--max_locations_per_model' : "memory model within --gpu_memory_gb ${budget.memory_gb}"
+    def option = budget.max_locations ? '--max_locations_per_model' : '--gpu_memory_gb'
+    def why = budget.max_locations ? option : "memory model within ${option} ${budget.memory_gb}"
     log.info "model '${meta.id}': ${n} locations, at most ${most} per model (${why}): ${count} shards stratified by section"
     // the smallest shard measured to agree with an unsharded model: 600 locations (median per-type q05 r 0.990; 300: 0.975)
     def minAgreeing = 600
@@ -216,7 +217,7 @@ def shardModel(Map meta, List files, long n, Map shape, Map budget) {
     if (perShard < minAgreeing) {
         log.warn "model '${meta.id}': shards of ~${perShard} locations (${why}); each shard fits the genes' detection " +
             "efficiency from its own spots, and shards below ${minAgreeing} locations were measured to " +
-            "disagree with an unsharded model (docs/benchmarks.md, 'Sharded against unsharded'): raise ${budget.max_locations ? '--max_locations_per_model' : '--gpu_memory_gb'} if memory allows"
+            "disagree with an unsharded model (docs/benchmarks.md, 'Sharded against unsharded'): raise ${option} if memory allows"
     }
     def width = "${count}".size()
     return (1..count).collect { i ->
