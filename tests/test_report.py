@@ -91,6 +91,7 @@ def test_grades_follow_the_thresholds():
 
 def test_converged_status_of_fixed_epochs_and_shards():
     assert report.converged_status({"stop_reason": "converged: x", "stopped_epoch": 10})[0] == "PASS"
+    assert report.converged_status({"stop_kind": "converged", "stop_reason": "x", "stopped_epoch": 10})[0] == "PASS"
     assert report.converged_status({"stop_reason": "reached max_epochs 30000",
                                     "elbo_relative_change_last_10pct": -4e-4})[0] == "PASS"
     assert report.converged_status({"stop_reason": "reached max_epochs 12",

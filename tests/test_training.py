@@ -4,11 +4,12 @@ sampled one (the same model, both exports)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from c2lnf.training import Monitor, Plan
+from c2lnf.training import Monitor, Plan, stop_kind
 
 PLAN = Plan(max_epochs=30000, lr=0.03, lr_min=0.002, tol=1e-4, window=100, check_every=100, min_epochs=500)
 
@@ -38,6 +39,7 @@ def test_flat_curve_steps_the_rate_down_then_stops():
     assert monitor.stopped_epoch == 4 * 300
     assert monitor.stop_reason.startswith("converged")
     assert monitor.summary()["stopped_epoch"] == 1200 and monitor.lr == 0.002
+    assert monitor.summary()["stop_kind"] == "converged" == stop_kind(monitor.summary())
 
 
 def test_noisy_plateau_stops_and_a_falling_curve_does_not():
@@ -94,14 +96,25 @@ def test_non_finite_elbo_is_divergence(bad):
     values = list(curve(400)) + [bad] + list(curve(100))
     monitor, action = run(PLAN, values)
     assert action == "diverged" and monitor.stopped_epoch == 401
-    assert "-ELBO is" in monitor.stop_reason
+    assert "-ELBO is" in monitor.stop_reason and monitor.summary()["stop_kind"] == "diverged"
 
 
 def test_rising_elbo_is_divergence():
     values = np.concatenate([curve(1000, tau=100), np.linspace(2e5, 3e5, 1000)])
     monitor, action = run(PLAN, values)
     assert action == "diverged" and 1000 < monitor.stopped_epoch <= 1300
-    assert "rose" in monitor.stop_reason
+    assert "rose" in monitor.stop_reason and monitor.summary()["stop_kind"] == "diverged"
+
+
+def test_stop_kind_is_recorded_and_read_from_older_json():
+    monitor, action = run(replace(PLAN, max_epochs=300).fixed(), curve(300))
+    assert action == "max_epochs" and monitor.summary()["stop_kind"] == "max_epochs"
+    # the kind, not the sentence, decides; JSONs written before the kind existed are read from the sentence
+    assert stop_kind({"stop_kind": "converged", "stop_reason": "anything"}) == "converged"
+    assert stop_kind({"stop_reason": "converged: the 100-epoch mean"}) == "converged"
+    assert stop_kind({"stop_reason": "reached max_epochs 30000"}) == "max_epochs"
+    assert stop_kind({"stop_reason": "the 100-epoch mean -ELBO rose"}) == "diverged"
+    assert stop_kind({}) is None
 
 
 def test_fixed_plan_is_the_tutorial():

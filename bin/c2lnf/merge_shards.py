@@ -19,6 +19,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .map_cells import STATS, shard_tag
+from .training import stop_kind
 
 LOG = logging.getLogger("c2l.merge_shards")
 
@@ -76,14 +77,10 @@ def merge_section(section: ad.AnnData, sample: str, tables: dict[str, pd.DataFra
     return out, ordered
 
 
-def short_reason(stop_reason: str | None) -> str:
-    """A shard's stop reason (training.Monitor's sentence) in a word or two, for a legend."""
-    text = stop_reason or ""
-    if text.startswith("converged"):
-        return "converged"
-    if text.startswith("reached max_epochs"):
-        return "max epochs"
-    return "diverged" if text else "done"
+def short_reason(summary: dict) -> str:
+    """How a shard's training ended, in a word or two, for a legend."""
+    kind = stop_kind(summary) or "done"
+    return "max epochs" if kind == "max_epochs" else kind
 
 
 def plot_shard_histories(histories: dict[str, pd.DataFrame], summaries: dict[str, dict], path: Path,
@@ -102,7 +99,7 @@ def plot_shard_histories(histories: dict[str, pd.DataFrame], summaries: dict[str
         skip = min(1000, len(h) // 10)
         part = h.iloc[skip:]
         color = plt.cm.tab10(i % 10) if len(histories) <= 10 else plt.cm.viridis(0.85 * i / (len(histories) - 1))
-        reason = short_reason(s.get("stop_reason"))
+        reason = short_reason(s)
         ax.plot(part["epoch"], part["elbo_train"], lw=0.8, color=color,
                 label=f"{tag}: {s.get('epochs', len(h))} ep., {reason}")
         stopped = s.get("stopped_epoch")

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import C2LError
+from .training import stop_kind
 
 LOG = logging.getLogger("c2l.report")
 
@@ -187,13 +188,14 @@ def converged_status(summary: dict) -> tuple[str, str]:
     """Converged? PASS when the stopping rule fired (or, with fixed epochs, the -ELBO is flat), else graded on
     the flatness of the last 10 % of epochs."""
     reason = str(summary.get("stop_reason") or "")
+    kind = stop_kind(summary)
     flat = summary.get("elbo_relative_change_last_10pct")
     flat = abs(float(flat)) if flat is not None else None
     if summary.get("n_shards"):  # merged shards: every shard must have converged
         shards = summary.get("shards") or {}
         states = [converged_status(s)[0] for s in shards.values()] or ["MISSING"]
         return worst(states), f"{sum(s == 'PASS' for s in states)}/{len(states)} shards converged"
-    if reason.startswith("converged"):
+    if kind == "converged":
         return "PASS", f"stopped by the rule at epoch {summary.get('stopped_epoch')}"
     epochs = summary.get("epochs")
     if epochs is not None and int(epochs) < MIN_JUDGE_EPOCHS:  # the last 10 % of a few epochs says nothing

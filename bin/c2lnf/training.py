@@ -70,6 +70,22 @@ class Plan:
                 f"every {self.check_every} epochs at lr {self.lr_min:g}; at most {self.max_epochs} epochs")
 
 
+STOP_KINDS = {"stop": "converged", "max_epochs": "max_epochs", "diverged": "diverged"}  # Monitor's action -> kind
+
+
+def stop_kind(summary: dict) -> str | None:
+    """How a training JSON's run ended: `converged`, `max_epochs` or `diverged` (None: not recorded). JSONs written
+    before `stop_kind` existed (e.g. a resumed run's) only have the sentence, which is read instead."""
+    if summary.get("stop_kind"):
+        return str(summary["stop_kind"])
+    reason = str(summary.get("stop_reason") or "")
+    if reason.startswith("converged"):
+        return "converged"
+    if reason.startswith("reached max_epochs"):
+        return "max_epochs"
+    return "diverged" if reason else None
+
+
 class Monitor:
     """The plan applied to a stream of -ELBO values, one per epoch: what to do after each epoch.
 
@@ -86,7 +102,8 @@ class Monitor:
         self.best = math.inf  # best smoothed -ELBO seen
         self.last_rel = math.nan
         self.events: list[dict] = []
-        self.stop_reason: str | None = None
+        self.stop_reason: str | None = None  # a sentence, for people
+        self.stop_kind: str | None = None  # one of STOP_KINDS, for programs
         self.stopped_epoch: int | None = None
         self.converged_epoch: int | None = None  # where the stopping rule fired (also noted with fixed epochs)
 
@@ -100,6 +117,7 @@ class Monitor:
 
     def _finish(self, action: str, reason: str) -> str:
         self.stop_reason = reason
+        self.stop_kind = STOP_KINDS[action]
         self.stopped_epoch = self.epoch
         self._event(action, reason)
         return action
@@ -162,6 +180,7 @@ class Monitor:
             "epochs": self.epoch,
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
+            "stop_kind": self.stop_kind,
             "converged_epoch": self.converged_epoch,
             "final_lr": self.lr,
             "lr_events": [e for e in self.events if e["event"] == "lower_lr"],
