@@ -2,8 +2,9 @@
 
 For each tolerance in --tols, trains Cell2location on the benchmark's simulated spots (benchmarks/simulate.py;
 reference signatures from --signatures) with the pipeline's plan (training.Plan: lr 0.03 -> 0.002, x1/3 every
---level-epochs or, with 0, per plateau; window/check every --window epochs, JitTrace_ELBO), and records where it stopped, the time, and every
---eval-every epochs the q05 abundances' ground-truth metrics (benchmarks/metrics.py), and their per-type Pearson r
+--level-epochs or, with 0, per plateau; window/check every --window epochs, JitTrace_ELBO) or, with --fixed, one
+rate for all --max-epochs (with --tutorial-train through the model's own train(), as the tutorial), and records
+where it stopped, the time, and every --eval-every epochs the q05 abundances' ground-truth metrics (benchmarks/metrics.py), and their per-type Pearson r
 with a tutorial run's q05 when --tutorial-q05 is given. Writes one JSON per tolerance under --out.
 
     .venv/bin/python benchmarks/stopping_curve.py --data DIR --signatures signatures.csv --out DIR [--tols 1e-3,1e-4]
@@ -61,14 +62,20 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
             epoch = trainer.current_epoch + 1
             if epoch % a.eval_every == 0:
                 t = time.perf_counter()
-                evals.append({"epoch": epoch, **score(q05_now())})
+                q05 = q05_now()
+                evals.append({"epoch": epoch, **score(q05)})
+                if a.save_q05:
+                    q05.to_csv(Path(a.out) / f"stopping_tol{tol:g}{a.tag}_q05_epoch{epoch}.csv")
                 start[0] += time.perf_counter() - t
 
-    original = PyroSviTrainMixin.train
+    # the pipeline trains through PyroSviTrainMixin.train, the tutorial through Cell2location.train
+    original = {PyroSviTrainMixin: PyroSviTrainMixin.train, Cell2location: Cell2location.train}
 
-    def train_with_eval(self, **kwargs):
-        kwargs["callbacks"] = kwargs.get("callbacks", []) + [Eval()]
-        return original(self, **kwargs)
+    def with_eval(cls):
+        def train_with_eval(self, **kwargs):
+            kwargs["callbacks"] = kwargs.get("callbacks", []) + [Eval()]
+            return original[cls](self, **kwargs)
+        return train_with_eval
 
     def make():
         current[0] = Cell2location(adata, cell_state_df=signatures, N_cells_per_location=30, detection_alpha=20)
@@ -76,14 +83,18 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
 
     plan = T.Plan(max_epochs=a.max_epochs, lr=a.lr, lr_min=a.lr_min, lr_factor=a.lr_factor, tol=tol,
                   window=a.window, check_every=a.window, min_epochs=a.min_epochs, level_epochs=a.level_epochs)
+    if a.fixed:
+        plan = plan.fixed()
     seed_everything(a.seed)
-    PyroSviTrainMixin.train = train_with_eval
+    for cls in original:
+        cls.train = with_eval(cls)
     try:
         start[0] = time.perf_counter()
-        model, monitor, attempts = T.fit(make, plan, "cpu", None, True, 1000)
+        model, monitor, attempts = T.fit(make, plan, "cpu", None, not a.tutorial_train, 1000)
         train_s = time.perf_counter() - start[0]
     finally:
-        PyroSviTrainMixin.train = original
+        for cls, train in original.items():
+            cls.train = train
     final = q05_now()
     final.to_csv(Path(a.out) / f"stopping_tol{tol:g}{a.tag}_q05.csv")
     return {"tol": tol, "plan": monitor.summary()["plan"], "stopped_epoch": monitor.stopped_epoch,
@@ -108,6 +119,13 @@ def main() -> None:
     ap.add_argument("--min-epochs", type=int, default=500)
     ap.add_argument("--max-epochs", type=int, default=30000)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--fixed", action="store_true",
+                    help="the tutorial's path: --lr for all --max-epochs, no rate steps, no stopping (--tols only names the file)")
+    ap.add_argument("--tutorial-train", action="store_true",
+                    help="train with the model's own train() as the tutorial does (Trace_ELBO; cell2location's "
+                         "PyroAggressiveTrainingPlan: for 1000 epochs 20 steps of the per-location variables, then "
+                         "one of the rest), not the pipeline's training loop")
+    ap.add_argument("--save-q05", action="store_true", help="also write the q05 CSV at every evaluation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)

@@ -98,3 +98,42 @@ def test_her2st_auroc_and_region_means():
     means = region_means(props, regions)
     assert list(means.index) == ["invasive cancer", "connective tissue", "undetermined"]
     assert abs(means.loc["invasive cancer", "Epithelial"] - props.loc[["s0", "s1", "s2"], "Epithelial"].mean()) < 1e-12
+
+
+def test_tutorial_path_scores_each_snapshot_against_the_pipeline(tmp_path):
+    """tutorial_path.analyse on toy stopping_curve folders: each snapshot's metrics minus the pipeline's final ones,
+    its scale and -ELBO, and the epochs within 0.01 of the pipeline's answer."""
+    import json
+
+    from tutorial_path import analyse
+
+    rng = np.random.default_rng(0)
+    spots = [f"s{i}" for i in range(60)]
+    truth = pd.DataFrame(rng.poisson(2, size=(60, 4)).astype(float), index=spots, columns=TYPES[:4])
+    data = tmp_path / "data"
+    data.mkdir()
+    truth.to_csv(data / "true_counts.csv")
+
+    def write_run(folder, snapshots, final, elbo):
+        folder.mkdir()
+        (folder / "stopping_tol0.0001_x.json").write_text(json.dumps(
+            {"stopped_epoch": max(snapshots), "plan": {}, "train_s": 1.0, "elbo_every_10": elbo}))
+        for epoch, table in snapshots.items():
+            table.to_csv(folder / f"stopping_tol0.0001_x_q05_epoch{epoch}.csv")
+        final.to_csv(folder / "stopping_tol0.0001_x_q05.csv")
+
+    answer = truth * 0.5 + 0.1
+    far = pd.DataFrame(rng.uniform(0, 3, size=truth.shape), index=spots, columns=truth.columns)
+    write_run(tmp_path / "pipe", {100: answer}, answer, [10.0] * 10)
+    write_run(tmp_path / "tut", {100: far, 200: answer * 2}, answer * 2, [30.0] * 10 + [20.0] * 10)
+    result = analyse(data, {"tutorial": tmp_path / "tut"}, tmp_path / "pipe")
+    assert result["pipeline"]["final"]["q05_r_with_pipeline_median"] == 1.0
+    first, second = result["runs"]["tutorial"]["path"]
+    assert (first["epoch"], second["epoch"]) == (100, 200)
+    assert first["q05_r_with_pipeline_median"] < 0.5  # unrelated to the answer
+    # twice the answer: the same proportions, the same per-type r, twice the scale
+    assert second["q05_r_with_pipeline_median"] == 1.0
+    assert abs(second["minus_pipeline"]["prop_pearson_spot"]) < 1e-9
+    assert abs(second["mean_q05"] - 2 * result["pipeline"]["final"]["mean_q05"]) < 1e-3
+    assert result["runs"]["tutorial"]["epochs_within_0.01_of_pipeline"] == [200]
+    assert (first["elbo_last_500"], second["elbo_last_500"]) == (30.0, 25.0)
