@@ -33,17 +33,22 @@ TUTORIAL_EPOCHS = 30000
 
 
 def read_run(folder: Path) -> tuple[dict, dict[int, pd.DataFrame], pd.DataFrame]:
-    """(the run's JSON, {epoch: q05 table}, its final q05) from one stopping_curve.py --save-q05 output folder."""
-    jsons = [p for p in folder.glob("stopping_tol*.json")]
-    if len(jsons) != 1:
-        raise SystemExit(f"{folder}: expected one stopping_tol*.json, found {len(jsons)}")
-    summary = json.loads(jsons[0].read_text())
-    stem = jsons[0].stem
+    """(the run's JSON, {epoch: q05 table}, its final q05) from one stopping_curve.py --save-q05 output folder. A
+    run stopped before its end has no JSON yet: its snapshots are read, the last one is its final q05, and the
+    -ELBO is not known."""
+    jsons = list(folder.glob("stopping_tol*.json"))
+    csvs = list(folder.glob("stopping_tol*_q05_epoch*.csv"))
+    if len(jsons) > 1 or not (jsons or csvs):
+        raise SystemExit(f"{folder}: expected one stopping_curve.py --save-q05 run, found {len(jsons)} JSONs, {len(csvs)} snapshots")
+    stem = jsons[0].stem if jsons else re.sub(r"_q05_epoch\d+$", "", csvs[0].stem)
     snapshots = {}
     for p in folder.glob(f"{stem}_q05_epoch*.csv"):
         snapshots[int(re.search(r"epoch(\d+)\.csv$", p.name).group(1))] = pd.read_csv(p, index_col=0)
-    final = pd.read_csv(folder / f"{stem}_q05.csv", index_col=0)
-    return summary, dict(sorted(snapshots.items())), final
+    snapshots = dict(sorted(snapshots.items()))
+    if jsons:
+        return json.loads(jsons[0].read_text()), snapshots, pd.read_csv(folder / f"{stem}_q05.csv", index_col=0)
+    last = max(snapshots)
+    return {"stopped_epoch": last, "stopped_early": True}, snapshots, snapshots[last]
 
 
 def median_r(a: pd.DataFrame, b: pd.DataFrame) -> float:
@@ -79,11 +84,12 @@ def analyse(data: Path, runs: dict[str, Path], pipeline: Path) -> dict:
         path = []
         for e, q in snapshots.items():
             s = score(truth, q, answer)
-            s["elbo_last_500"] = elbo_before(summary, e)
+            s["elbo_last_500"] = elbo_before(summary, e)  # None for a run without its JSON
             s["minus_pipeline"] = {k: round(s[k] - base[k], 4) for k in METRICS}
             path.append({"epoch": e, **s})
         within = [p["epoch"] for p in path if max(abs(v) for v in p["minus_pipeline"].values()) <= 0.01]
         result["runs"][name] = {"folder": str(folder), "plan": summary.get("plan"), "train_s": summary.get("train_s"),
+                                "last_epoch": max(snapshots), "stopped_early": bool(summary.get("stopped_early")),
                                 "path": path, "epochs_within_0.01_of_pipeline": within}
     return result
 
@@ -151,7 +157,7 @@ def main() -> None:
                 d = p["minus_pipeline"]
                 print(f"{name} {p['epoch']:>6}: " + " ".join(f"{LABELS[k]} {d[k]:+.3f}" for k in METRICS)
                       + f"  mean q05 {p['mean_q05']:.3f}  r {p['q05_r_with_pipeline_median']:.3f}"
-                      + f"  -ELBO {p['elbo_last_500']:.0f}")
+                      + (f"  -ELBO {p['elbo_last_500']:.0f}" if p["elbo_last_500"] else ""))
     print("pipeline", result["pipeline"]["final"], "-ELBO", round(result["pipeline"]["elbo_last_500"] or 0))
 
 
