@@ -103,7 +103,7 @@ class Monitor:
         self.last_rel = math.nan
         self.events: list[dict] = []
         self.stop_reason: str | None = None  # a sentence, for people
-        self.stop_kind: str | None = None  # one of STOP_KINDS, for programs
+        self.stop_kind: str | None = None  # a value of STOP_KINDS, for programs
         self.stopped_epoch: int | None = None
         self.converged_epoch: int | None = None  # where the stopping rule fired (also noted with fixed epochs)
 
