@@ -4,8 +4,8 @@ For each tolerance in --tols, trains Cell2location on the benchmark's simulated 
 reference signatures from --signatures) with the pipeline's plan (training.Plan: lr 0.03 -> 0.002, x1/3 every
 --level-epochs or, with 0, per plateau; window/check every --window epochs, JitTrace_ELBO) or, with --fixed, one
 rate for all --max-epochs (with --tutorial-train through the model's own train(), as the tutorial), and records
-where it stopped, the time, and every --eval-every epochs the q05 abundances' ground-truth metrics (benchmarks/metrics.py), and their per-type Pearson r
-with a tutorial run's q05 when --tutorial-q05 is given. Writes one JSON per tolerance under --out.
+where it stopped, the time, and every --eval-every epochs the q05 abundances' ground-truth metrics
+(benchmarks/metrics.py), and their per-type Pearson r with a tutorial run's q05 when --tutorial-q05 is given. Writes one JSON per tolerance under --out.
 
     .venv/bin/python benchmarks/stopping_curve.py --data DIR --signatures signatures.csv --out DIR [--tols 1e-3,1e-4]
 """
@@ -120,7 +120,8 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=30000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--fixed", action="store_true",
-                    help="the tutorial's path: --lr for all --max-epochs, no rate steps, no stopping (--tols only names the file)")
+                    help="the tutorial's path: --lr for all --max-epochs, no rate steps, no stopping "
+                         "(--tols only names the file)")
     ap.add_argument("--tutorial-train", action="store_true",
                     help="train with the model's own train() as the tutorial does (Trace_ELBO; cell2location's "
                          "PyroAggressiveTrainingPlan: for 1000 epochs 20 steps of the per-location variables, then "

@@ -39,7 +39,8 @@ def read_run(folder: Path) -> tuple[dict, dict[int, pd.DataFrame], pd.DataFrame]
     jsons = list(folder.glob("stopping_tol*.json"))
     csvs = list(folder.glob("stopping_tol*_q05_epoch*.csv"))
     if len(jsons) > 1 or not (jsons or csvs):
-        raise SystemExit(f"{folder}: expected one stopping_curve.py --save-q05 run, found {len(jsons)} JSONs, {len(csvs)} snapshots")
+        raise SystemExit(f"{folder}: expected one stopping_curve.py --save-q05 run, found {len(jsons)} JSONs, "
+                         f"{len(csvs)} snapshots")
     stem = jsons[0].stem if jsons else re.sub(r"_q05_epoch\d+$", "", csvs[0].stem)
     snapshots = {}
     for p in folder.glob(f"{stem}_q05_epoch*.csv"):
