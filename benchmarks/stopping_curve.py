@@ -5,7 +5,8 @@ reference signatures from --signatures) with the pipeline's plan (training.Plan:
 --level-epochs or, with 0, per plateau; window/check every --window epochs, JitTrace_ELBO) or, with --fixed, one
 rate for all --max-epochs (with --tutorial-train through the model's own train(), as the tutorial), and records
 where it stopped, the time, and every --eval-every epochs the q05 abundances' ground-truth metrics
-(benchmarks/metrics.py), and their per-type Pearson r with a tutorial run's q05 when --tutorial-q05 is given. Writes one JSON per tolerance under --out.
+(benchmarks/metrics.py), and their per-type Pearson r with a tutorial run's q05 when --tutorial-q05 is given.
+Writes one JSON per tolerance under --out.
 
     .venv/bin/python benchmarks/stopping_curve.py --data DIR --signatures signatures.csv --out DIR [--tols 1e-3,1e-4]
 """
