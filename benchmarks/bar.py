@@ -42,7 +42,7 @@ TRAINING_STEPS = ("TRAIN_REFERENCE", "MAP_CELLS")
 
 def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict) -> dict:
     import simulate
-    from metrics import evaluate
+    from metrics import evaluate, per_type_pearson
 
     work.mkdir(parents=True, exist_ok=True)
     panel = design["panel"]
@@ -77,9 +77,7 @@ def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict) -
            "tutorial": pd.read_csv(tut_out / "q05_cell_abundance_w_sf.csv", index_col=0)}
     pipe["metrics"] = evaluate(truth, q05["pipeline"])
     tut["metrics"] = evaluate(truth, q05["tutorial"])
-    shared = q05["pipeline"].index.intersection(q05["tutorial"].index)
-    q05_r = {c: float(np.corrcoef(q05["pipeline"].loc[shared, c], q05["tutorial"].loc[shared, c])[0, 1])
-             for c in q05["tutorial"].columns}
+    q05_r = per_type_pearson(q05["tutorial"], q05["pipeline"])
 
     tut_steps = {s["step"]: s["wall_s"] for s in tut["steps"]}
     steps = {}

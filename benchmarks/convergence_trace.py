@@ -123,7 +123,7 @@ def analyse(a) -> None:
     import numpy as np
     import pandas as pd
 
-    from metrics import evaluate
+    from metrics import evaluate, per_type_pearson
 
     truth = pd.read_csv(a.truth, index_col=0)
     load = {}
@@ -149,7 +149,7 @@ def analyse(a) -> None:
         for epoch in range(1000, end + 1, 1000):
             b, c = q05(a.base, epoch), q05(other, epoch)
             c = c.loc[b.index]
-            r = [float(np.corrcoef(b[k], c[k])[0, 1]) for k in b.columns]
+            r = list(per_type_pearson(b, c).values())
             mb, mc = evaluate(truth, b)["overall"], evaluate(truth, c)["overall"]
             rows.append({"base": a.base, "other": other, "epoch": epoch, "q05_r_median": float(np.median(r)),
                          "q05_r_min": float(min(r)), "q05_mean_base": float(b.to_numpy().mean()),

@@ -49,6 +49,14 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def per_type_pearson(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    """Pearson r of two spots x cell types tables (e.g. two q05 maps), per cell type (the columns of `a`), over
+    the spots they share (NaN for a type constant in either)."""
+    a, b = a.set_axis(a.index.astype(str)), b.set_axis(b.index.astype(str))
+    shared = a.index.intersection(b.index)
+    return {c: _pearson(a.loc[shared, c].to_numpy(float), b.loc[shared, c].to_numpy(float)) for c in a.columns}
+
+
 def _ap(present: np.ndarray, score: np.ndarray) -> float:
     if present.all() or not present.any():
         return float("nan")

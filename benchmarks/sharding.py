@@ -94,7 +94,7 @@ def memory_per_task(size: str, counts: list[int], epochs: int, work: Path) -> li
 
 def main(argv: list[str] | None = None) -> None:
     import simulate
-    from metrics import evaluate
+    from metrics import evaluate, per_type_pearson
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--memory", metavar="NxGxT", default=None,
@@ -180,13 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     repeat = next((r for n, r in runs.items() if n.startswith("unsharded_seed")), None)
     same = next((r for n, r in runs.items() if n.startswith("unsharded_level")), None)
 
-    def per_type_r(x, y):
-        shared = x.index.intersection(y.index)
-        return {c: float(np.corrcoef(x.loc[shared, c], y.loc[shared, c])[0, 1]) for c in x.columns}
-
     def agreement(reference: dict, q: pd.DataFrame, metrics: dict) -> dict:
         """A run's q05 and metrics against a reference run's (an unsharded one), and whether the bar is met."""
-        per_type = per_type_r(reference["_q05"], q)
+        per_type = per_type_pearson(reference["_q05"], q)
         out = {"q05_pearson_with_unsharded": per_type, "q05_pearson_median": float(np.median(list(per_type.values()))),
                "q05_pearson_min": float(min(per_type.values())),
                "metric_differences": {m: metrics[m] - reference["metrics"][m] for m in METRICS}}

@@ -38,7 +38,7 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
     from scvi.model.base import PyroSviTrainMixin
 
     from c2lnf import training as T
-    from metrics import evaluate
+    from metrics import evaluate, per_type_pearson
 
     types = list(signatures.columns)
     current: list = [None]
@@ -54,7 +54,7 @@ def run_one(a, tol: float, adata, truth, signatures, tutorial) -> dict:
         m = evaluate(truth, q05)["overall"]
         out = {k: m[k] for k in ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")}
         if tutorial is not None:
-            r = [np.corrcoef(q05[c], tutorial.loc[q05.index, c])[0, 1] for c in types]
+            r = list(per_type_pearson(q05, tutorial).values())
             out.update(q05_r_tutorial_median=float(np.median(r)), q05_r_tutorial_min=float(np.min(r)))
         return out
 

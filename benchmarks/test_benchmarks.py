@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from metrics import evaluate, nnls_abundance  # noqa: E402
+from metrics import evaluate, nnls_abundance, per_type_pearson  # noqa: E402
 from simulate import simulate_composition, split_reference, spots_from_cells  # noqa: E402
 
 TYPES = [f"t{i}" for i in range(11)]
@@ -24,6 +24,22 @@ def _toy_reference(n_per_type: int = 6, n_genes: int = 40, seed: int = 0) -> ad.
     X = rng.poisson(3, size=(len(labels), n_genes)).astype(np.float32)
     return ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame({"cell_type": labels, "sample": "s"},
                                                             index=[f"c{i}" for i in range(len(labels))]))
+
+
+def test_per_type_pearson_aligns_spots_and_flags_constant_types():
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame(rng.gamma(2, size=(30, 3)), index=range(30), columns=["x", "y", "z"])
+    b = a.copy()
+    b["y"] = -b["y"]
+    b["z"] = 1.0
+    b.index = [str(i) for i in b.index]  # a CSV read back: string spot names
+    b = b.iloc[::-1].iloc[5:]  # other order, and 5 spots fewer
+    r = per_type_pearson(a, b)
+    assert list(r) == ["x", "y", "z"]
+    assert np.isclose(r["x"], 1) and np.isclose(r["y"], -1) and np.isnan(r["z"])
+    c = a.iloc[::-1].copy()
+    c["x"] = rng.permutation(c["x"].to_numpy())
+    assert per_type_pearson(a, c)["x"] < 0.9 and np.isclose(per_type_pearson(a, c)["y"], 1)
 
 
 def test_split_is_stratified_disjoint_and_seeded():

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from metrics import evaluate  # noqa: E402
+from metrics import evaluate, per_type_pearson  # noqa: E402
 
 METRICS = ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")
 LABELS = {"prop_pearson_spot": "proportion r", "prop_rmse": "proportion RMSE", "abundance_pearson": "abundance r",
@@ -53,7 +53,7 @@ def read_run(folder: Path) -> tuple[dict, dict[int, pd.DataFrame], pd.DataFrame]
 
 
 def median_r(a: pd.DataFrame, b: pd.DataFrame) -> float:
-    return float(np.median([np.corrcoef(a[c], b.loc[a.index, c])[0, 1] for c in a.columns]))
+    return float(np.median(list(per_type_pearson(a, b).values())))
 
 
 def elbo_before(summary: dict, epoch: int, span: int = 500) -> float | None:
