@@ -153,3 +153,10 @@ def test_tutorial_path_scores_each_snapshot_against_the_pipeline(tmp_path):
     assert abs(second["mean_q05"] - 2 * result["pipeline"]["final"]["mean_q05"]) < 1e-3
     assert result["runs"]["tutorial"]["epochs_within_0.01_of_pipeline"] == [200]
     assert (first["elbo_last_500"], second["elbo_last_500"]) == (30.0, 25.0)
+    assert result["pipeline_seeds"] == []
+    write_run(tmp_path / "pipe2", {100: far}, far, [10.0] * 10)  # another seed of the pipeline's plan
+    seeds = analyse(data, {}, tmp_path / "pipe", [tmp_path / "pipe2"])["pipeline_seeds"]
+    assert len(seeds) == 1 and seeds[0]["epochs"] == 100
+    assert seeds[0]["final"]["q05_r_with_pipeline_median"] < 0.5
+    far_aupr = evaluate(truth, far)["overall"]["aupr"] - evaluate(truth, answer)["overall"]["aupr"]
+    assert abs(seeds[0]["minus_pipeline"]["aupr"] - far_aupr) < 1e-3

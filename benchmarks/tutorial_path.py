@@ -3,10 +3,11 @@
 Reads `benchmarks/stopping_curve.py --save-q05` runs on one simulated design (the bar's data, the same
 signatures): the tutorial's path continued past 30,000 epochs (`--fixed --tutorial-train --lr 0.002 --lr-min
 0.002 --max-epochs 60000`), optionally the same rate through the pipeline's training loop (`--fixed`, without
-`--tutorial-train`), and the pipeline's default plan. For every saved epoch it scores the q05 abundances against
-the ground truth (benchmarks/metrics.py) and records their mean (the abundances' scale), the per-type Pearson r
-with the pipeline's final q05, and the -ELBO (mean of the 500 epochs before). Writes one JSON and a figure:
-the scale and the metrics' distance from the pipeline's answer along each path.
+`--tutorial-train`), and the pipeline's default plan (optionally more seeds of it, `--pipeline-seed`). For every
+saved epoch it scores the q05 abundances against the ground truth (benchmarks/metrics.py) and records their mean
+(the abundances' scale), the per-type Pearson r with the pipeline's final q05, and the -ELBO (mean of the 500
+epochs before). Writes one JSON and a figure: the scale and the metrics' distance from the pipeline's answer
+along each path.
 
     .venv/bin/python benchmarks/tutorial_path.py --data DIR --run tutorial=DIR --run plain=DIR \\
         --pipeline DIR --out benchmarks/results/tutorial_path_<date>.json --figure docs/images/tutorial_path.png
@@ -70,7 +71,10 @@ def score(truth: pd.DataFrame, q05: pd.DataFrame, answer: pd.DataFrame) -> dict:
             "q05_r_with_pipeline_median": round(median_r(q05, answer), 4)}
 
 
-def analyse(data: Path, runs: dict[str, Path], pipeline: Path) -> dict:
+def analyse(data: Path, runs: dict[str, Path], pipeline: Path, pipeline_seeds: list[Path] = ()) -> dict:
+    """Every snapshot of `runs` scored and compared with the pipeline's answer (`pipeline`'s final q05);
+    `pipeline_seeds`: more runs of the pipeline's plan with other seeds, whose final metrics are recorded against
+    the same answer (how far the pipeline's own answer moves from seed to seed)."""
     truth = pd.read_csv(data / "true_counts.csv", index_col=0)
     p_summary, p_snapshots, answer = read_run(pipeline)
     result = {"data": str(data), "pipeline": {"folder": str(pipeline), "epochs": p_summary["stopped_epoch"],
@@ -80,6 +84,12 @@ def analyse(data: Path, runs: dict[str, Path], pipeline: Path) -> dict:
                                                        for e, q in p_snapshots.items()]},
               "runs": {}}
     base = result["pipeline"]["final"]
+    result["pipeline_seeds"] = []
+    for folder in pipeline_seeds:
+        summary, _, final = read_run(folder)
+        s = score(truth, final, answer)
+        result["pipeline_seeds"].append({"folder": str(folder), "epochs": summary.get("stopped_epoch"), "final": s,
+                                         "minus_pipeline": {k: round(s[k] - base[k], 4) for k in METRICS}})
     for name, folder in runs.items():
         summary, snapshots, _ = read_run(folder)
         path = []
@@ -125,6 +135,11 @@ def figure(result: dict, path: Path, title: str) -> None:
     for k, color in zip(METRICS, ("tab:purple", "tab:brown", "tab:green", "tab:cyan")):
         ax2.plot([p["epoch"] for p in run["path"]], [p["minus_pipeline"][k] for p in run["path"]], color=color,
                  lw=1.3, label=LABELS[k])
+    for seed in result["pipeline_seeds"]:  # the pipeline's other seeds, at their stops
+        for k, color in zip(METRICS, ("tab:purple", "tab:brown", "tab:green", "tab:cyan")):
+            ax2.plot(seed["epochs"], seed["minus_pipeline"][k], "o", ms=3.5, color=color)
+    if result["pipeline_seeds"]:
+        ax2.plot([], [], "o", ms=3.5, color="0.4", label="the pipeline, other seeds (at their stop)")
     ax2.axhline(0, color="tab:blue", lw=1)
     ax2.set_xlabel("epoch of the tutorial's run")
     ax2.set_ylabel("tutorial's metric - pipeline's (at its stop)")
@@ -142,12 +157,15 @@ def main() -> None:
     ap.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
                     help="a stopping_curve.py --save-q05 folder of a long fixed-rate run (names: tutorial, plain)")
     ap.add_argument("--pipeline", type=Path, required=True, help="its folder of the pipeline's default plan")
+    ap.add_argument("--pipeline-seed", type=Path, action="append", default=[], metavar="DIR",
+                    help="a run of the pipeline's plan with another seed (repeatable): its final metrics against "
+                         "the answer of --pipeline")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--figure", type=Path, default=None)
     ap.add_argument("--title", default="")
     a = ap.parse_args()
     runs = dict(r.split("=", 1) for r in a.run)
-    result = analyse(a.data, {k: Path(v) for k, v in runs.items()}, a.pipeline)
+    result = analyse(a.data, {k: Path(v) for k, v in runs.items()}, a.pipeline, a.pipeline_seed)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))
     if a.figure:
@@ -160,6 +178,8 @@ def main() -> None:
                       + f"  mean q05 {p['mean_q05']:.3f}  r {p['q05_r_with_pipeline_median']:.3f}"
                       + (f"  -ELBO {p['elbo_last_500']:.0f}" if p["elbo_last_500"] else ""))
     print("pipeline", result["pipeline"]["final"], "-ELBO", round(result["pipeline"]["elbo_last_500"] or 0))
+    for seed in result["pipeline_seeds"]:
+        print("pipeline, other seed", seed["folder"], seed["epochs"], seed["final"])
 
 
 if __name__ == "__main__":
