@@ -144,7 +144,7 @@ def figure(result: dict, path: Path, title: str) -> None:
     ax2.set_xlabel("epoch of the tutorial's run")
     ax2.set_ylabel("tutorial's metric - pipeline's (at its stop)")
     ax2.set_title("the tutorial's metrics, relative to the pipeline's answer", fontsize=10)
-    ax2.legend(fontsize=8, loc="upper right")
+    ax2.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
