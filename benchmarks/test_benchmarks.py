@@ -160,3 +160,26 @@ def test_tutorial_path_scores_each_snapshot_against_the_pipeline(tmp_path):
     assert seeds[0]["final"]["q05_r_with_pipeline_median"] < 0.5
     far_aupr = evaluate(truth, far)["overall"]["aupr"] - evaluate(truth, answer)["overall"]["aupr"]
     assert abs(seeds[0]["minus_pipeline"]["aupr"] - far_aupr) < 1e-3
+
+
+def test_same_budget_compares_snapshots_at_equal_rate_times_epochs():
+    """same_budget.compare: a run at 5x the tutorial's rate is compared with the tutorial's snapshot at 5x its
+    epoch, and with the tutorial's 30,000th epoch."""
+    from same_budget import compare, tutorial_epoch
+
+    assert tutorial_epoch(6000, 0.01) == 30000 and tutorial_epoch(100, 0.002) == 100
+    rng = np.random.default_rng(1)
+    spots = [f"s{i}" for i in range(50)]
+    truth = pd.DataFrame(rng.poisson(2, size=(50, 4)).astype(float), index=spots, columns=TYPES[:4])
+    noise = pd.DataFrame(rng.uniform(0, 3, size=truth.shape), index=spots, columns=truth.columns)
+    good, bad = truth * 0.5 + 0.1, noise
+    tutorial = {5000: bad, 30000: good}
+    rows = compare(truth, {1000: bad * 2, 6000: good, 7000: noise}, tutorial, lr=0.01)
+    assert [r["tutorial_epoch"] for r in rows] == [5000, 30000, 35000]
+    first, second, third = rows
+    assert first["q05_r_with_tutorial_median"] == 1.0  # the same maps at twice the scale
+    assert abs(first["minus_tutorial_same_budget"]["prop_pearson_spot"]) < 1e-9
+    assert all(abs(v) < 1e-9 for v in second["minus_tutorial_same_budget"].values())
+    assert second["minus_tutorial_30000"] == second["minus_tutorial_same_budget"]
+    assert "minus_tutorial_same_budget" not in third  # the tutorial has no snapshot at 35,000
+    assert third["minus_tutorial_30000"]["aupr"] < 0
