@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
     dev, mach, t0 = device(), machine(), time.perf_counter()
-    log(f"bar run {stamp}: designs {[d['name'] for d in chosen]}; tutorial {tutorial}; device {dev['name']}; "
-        f"pipeline {'options ' + ' '.join(pipeline_args) if pipeline_args else 'defaults'}")
+    label = f"pipeline ({' '.join(pipeline_args)})" if pipeline_args else "pipeline (defaults)"
+    log(f"bar run {stamp}: designs {[d['name'] for d in chosen]}; tutorial {tutorial}; device {dev['name']}; {label}")
     results = [run_design(d, work / d["name"], env, dev, tutorial, pipeline_args) for d in chosen]
-    md = table(results, f"pipeline ({' '.join(pipeline_args)})" if pipeline_args else "pipeline (defaults)")
+    md = table(results, label)
     out = {"run_id": f"bar_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"), "mode": "bar",
            "tutorial_settings": tutorial, "pipeline_args": pipeline_args, "bar": BAR, "device": dev,
            "machine": {**mach, "load_avg_at_end": machine().get("load_avg")}, "versions": versions(),
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"bench_bar_{stamp}.json"
     path.write_text(json.dumps(out, indent=2, default=float))
-    which = f"pipeline with {' '.join(pipeline_args)}" if pipeline_args else "pipeline defaults"
-    print(f"\n## Issue 8's bar: {which} vs the tutorial's full settings ({dev['name']})\n")
+    print(f"\n## Issue 8's bar: {label} vs the tutorial's full settings ({dev['name']})\n")
     print(md)
     print(f"\nBar: wall ratio <= {BAR['wall_ratio_max']}, overall metrics within {BAR['metric_tolerance']}, median "
           f"per-type q05 r >= {BAR['q05_pearson_median_min']}: {'met' if out['all_met'] else 'NOT met'} "

@@ -18,12 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from metrics import evaluate, per_type_pearson  # noqa: E402
-from tutorial_path import METRICS, TUTORIAL_EPOCHS, read_run  # noqa: E402
+from metrics import evaluate  # noqa: E402
+from tutorial_path import METRICS, TUTORIAL_EPOCHS, median_r, read_run  # noqa: E402
 
 TUTORIAL_LR = 0.002
 
@@ -52,7 +51,7 @@ def compare(truth: pd.DataFrame, run: dict[int, pd.DataFrame], tutorial: dict[in
             m = metrics(same)
             row["minus_tutorial_same_budget"] = {k: round(row[k] - m[k], 4) for k in METRICS}
             row["tutorial_mean_q05"] = round(float(same.values.mean()), 4)
-            row["q05_r_with_tutorial_median"] = round(float(np.median(list(per_type_pearson(q, same).values()))), 4)
+            row["q05_r_with_tutorial_median"] = round(median_r(q, same), 4)
         rows.append(row)
     return rows
 
