@@ -195,6 +195,7 @@ def one_adam(lr: float):
 
 @functools.lru_cache(maxsize=None)
 def _one_adam_class():
+    import pyro
     import pyro.optim
     import torch
 
@@ -203,8 +204,8 @@ def _one_adam_class():
 
         Pyro's optimiser wrapper makes one torch optimiser per parameter and steps them one by one: 35 calls per
         step for the mapping model, each with torch's per-call work (its checks, hooks and, on a GPU, a handful
-        of kernel launches per parameter). That was ~10 ms of a ~40 ms CPU epoch on the benchmark's data. One
-        optimiser over the same parameters does the same arithmetic (per-parameter state, the same defaults;
+        of kernel launches per parameter): 3.0-3.6 ms of a ~30 ms CPU mapping epoch on the benchmark's data, 1.7-1.8
+        ms with one optimiser (docs/benchmarks.md). One optimiser over the same parameters does the same arithmetic (per-parameter state, the same defaults;
         on the CPU bit-identical results) in one call; on a GPU torch's default multi-tensor implementation
         then updates all parameters in a few kernels. As in Pyro, a step updates only the parameters it is given
         (new ones join the optimiser when first seen); the learning rate is `pt_optim_args["lr"]` when the
@@ -239,8 +240,6 @@ def _one_adam_class():
                 self.optimizer.add_param_group({"params": params, **self.pt_optim_args})
             self._params += params
             self._known.update(params)
-            import pyro
-
             store = pyro.get_param_store()
             for p in params:  # state given to set_state() before this parameter existed (as Pyro does)
                 saved = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
@@ -249,8 +248,6 @@ def _one_adam_class():
 
         def get_state(self) -> dict:
             """Each parameter's Adam state (step, moments) by parameter name."""
-            import pyro
-
             store = pyro.get_param_store()
             state = self.optimizer.state if self.optimizer is not None else {}
             return {store.param_name(p): dict(state[p]) for p in self._params if p in state}
