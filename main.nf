@@ -10,15 +10,11 @@
  * and passes plain values down to the workflow.
  */
 
-nextflow.enable.dsl = 2
-
-import groovy.json.JsonOutput
-
 include { CELL2LOCATION   } from './workflows/cell2location'
 include { MULTIQC         } from './modules/local/multiqc/main'
 include { readSamplesheet } from './subworkflows/local/samplesheet'
 
-def helpMessage() {
+def helpMessage(Map p) {
     """
     Usage:
       nextflow run main.nf -profile <docker|singularity|apptainer|conda|local>[,gpu] \\
@@ -33,14 +29,14 @@ def helpMessage() {
       --reference_layer           the reference's layer with raw counts, or 'raw' for .raw (default: X)
 
     Main options:
-      --mapping_mode joint|per_sample   [${params.mapping_mode}]
-      --n_cells_per_location            [${params.n_cells_per_location}]
-      --detection_alpha                 [${params.detection_alpha}]
-      --ref_max_epochs                  [${params.ref_max_epochs}]   (ceiling: training stops at convergence)
-      --map_max_epochs                  [${params.map_max_epochs}] (ceiling: training stops at convergence)
-      --max_locations_per_model         [${params.max_locations_per_model ?: 'from the memory model'}] (larger models are split into shards)
-      --gpu_memory_gb                   [${params.gpu_memory_gb}]   (memory budget of one mapping model)
-      --tutorial_settings               [${params.tutorial_settings}] (exactly the tutorial: fixed epochs, lr 0.002,
+      --mapping_mode joint|per_sample   [${p.mapping_mode}]
+      --n_cells_per_location            [${p.n_cells_per_location}]
+      --detection_alpha                 [${p.detection_alpha}]
+      --ref_max_epochs                  [${p.ref_max_epochs}]   (ceiling: training stops at convergence)
+      --map_max_epochs                  [${p.map_max_epochs}] (ceiling: training stops at convergence)
+      --max_locations_per_model         [${p.max_locations_per_model ?: 'from the memory model'}] (larger models are split into shards)
+      --gpu_memory_gb                   [${p.gpu_memory_gb}]   (memory budget of one mapping model)
+      --tutorial_settings               [${p.tutorial_settings}] (exactly the tutorial: fixed epochs, lr 0.002,
                                                 1000-sample export)
 
     All parameters: nextflow_schema.json, docs/usage.md.
@@ -50,13 +46,13 @@ def helpMessage() {
 /*
  * Parameters: types from nextflow_schema.json (no plugin needed), then the rules between them.
  */
-def validateParameters() {
+def validateParameters(Map p) {
     def schema = new groovy.json.JsonSlurper().parse(file("${projectDir}/nextflow_schema.json").toFile())
     def props = [:]
-    schema['$defs'].each { name, group -> props.putAll(group.properties) }
+    schema['$defs'].each { _name, group -> props.putAll(group.properties) }
     def errors = []
     def ignore = ['config_profile_name', 'config_profile_description', 'trace_report_suffix', 'testdata', 'help']
-    params.each { key, value ->
+    p.each { key, value ->
         if (key in ignore || key.contains('-')) { return }
         def spec = props[key]
         if (spec == null) {
@@ -66,7 +62,7 @@ def validateParameters() {
         if (value == null) { return }
         if (key == 'detection_alpha' && value instanceof CharSequence) {   // several values: each model fitted per value
             def parts = value.tokenize(',')*.trim()
-            if (!parts || !parts.every { it.isBigDecimal() && (it as BigDecimal) > 0 } || parts.toSet().size() != parts.size()) {
+            if (!parts || !parts.every { part -> part.isBigDecimal() && (part as BigDecimal) > 0 } || parts.toSet().size() != parts.size()) {
                 errors << "--detection_alpha: expected a positive number or distinct comma-separated numbers (e.g. 20,200), got '${value}'"
             }
             return
@@ -79,8 +75,8 @@ def validateParameters() {
                  (type == 'number'  && value instanceof Number)
         if (!ok) {
             errors << "--${key}: expected ${type}, got '${value}'"
-        } else if (spec.enum && !(value in spec.enum)) {
-            errors << "--${key}: must be one of ${spec.enum.join(', ')}, got '${value}'"
+        } else if (spec['enum'] && !(value in spec['enum'])) {
+            errors << "--${key}: must be one of ${spec['enum'].join(', ')}, got '${value}'"
         } else if (spec.exclusiveMinimum != null && value <= spec.exclusiveMinimum) {
             errors << "--${key}: must be > ${spec.exclusiveMinimum}, got ${value}"
         } else if (spec.minimum != null && value < spec.minimum) {
@@ -89,17 +85,17 @@ def validateParameters() {
             errors << "--${key}: must be <= ${spec.maximum}, got ${value}"
         }
     }
-    if (params.colocation_factors != null && !("${params.colocation_factors}" ==~ /\s*[0-9]+(\s*,\s*[0-9]+)*\s*/)) {
-        errors << "--colocation_factors: expected comma-separated numbers of factors, e.g. 5,10,15, got '${params.colocation_factors}'"
+    if (p.colocation_factors != null && !("${p.colocation_factors}" ==~ /\s*[0-9]+(\s*,\s*[0-9]+)*\s*/)) {
+        errors << "--colocation_factors: expected comma-separated numbers of factors, e.g. 5,10,15, got '${p.colocation_factors}'"
     }
-    if (!params.input) { errors << "--input: a samplesheet is required" }
-    if (params.reference && params.signatures) { errors << "--reference and --signatures: give one, not both" }
-    if (!params.reference && !params.signatures) { errors << "--reference or --signatures: one is required" }
-    if (params.reference && !params.labels_key) { errors << "--labels_key: required with --reference" }
-    if (params.require_gpu && !(workflow.profile.tokenize(',').contains('gpu'))) {
+    if (!p.input) { errors << "--input: a samplesheet is required" }
+    if (p.reference && p.signatures) { errors << "--reference and --signatures: give one, not both" }
+    if (!p.reference && !p.signatures) { errors << "--reference or --signatures: one is required" }
+    if (p.reference && !p.labels_key) { errors << "--labels_key: required with --reference" }
+    if (p.require_gpu && !(workflow.profile.tokenize(',').contains('gpu'))) {
         errors << "--require_gpu: only meaningful with -profile gpu (no process is given a GPU without it)"
     }
-    errors.addAll(checkPathParams(props))
+    errors.addAll(checkPathParams(p, props))
     if (errors) {
         error("Invalid parameters:\n  " + errors.join('\n  '))
     }
@@ -109,11 +105,11 @@ def validateParameters() {
  * Every path parameter of nextflow_schema.json (format file-path or directory-path), before any task starts:
  * given a value, existing, of the right kind; --outdir a folder that can be created and written.
  */
-def checkPathParams(Map props) {
+def checkPathParams(Map p, Map props) {
     def errors = []
     props.each { key, spec ->
         if (!(spec.format in ['file-path', 'directory-path'])) { return }
-        def value = params[key]
+        def value = p[key]
         if (value == null) { return }
         if (value instanceof Boolean) { errors << "--${key}: needs a path, got none (--${key} without a value?)"; return }
         if (!(value instanceof CharSequence)) { errors << "--${key}: expected a path, got '${value}'"; return }
@@ -126,8 +122,7 @@ def checkPathParams(Map props) {
         if (key == 'outdir') {
             if (!local) { return }
             if (path.exists() && !path.isDirectory()) { errors << "--outdir: ${value} is a file, not a folder"; return }
-            def existing = path
-            while (existing != null && !existing.exists()) { existing = existing.parent }
+            def existing = nearestExisting(path)
             if (existing != null && !existing.isDirectory()) {
                 errors << "--outdir: cannot create ${value}: ${existing} is a file, not a folder"
             } else if (existing != null && !java.nio.file.Files.isWritable(existing)) {
@@ -149,27 +144,77 @@ def checkPathParams(Map props) {
 }
 
 /*
+ * The path itself, or its nearest ancestor that exists (null: none does).
+ */
+def nearestExisting(path) {
+    return path == null || path.exists() ? path : nearestExisting(path.parent)
+}
+
+/*
  * --detection_alpha as a list: one number, or several ('20,200'): then every model is fitted once per value.
  */
-def detectionAlphas() {
-    return "${params.detection_alpha}".tokenize(',')*.trim().collect { it as BigDecimal }
+def detectionAlphas(Map p) {
+    return "${p.detection_alpha}".tokenize(',')*.trim().collect { alpha -> alpha as BigDecimal }
+}
+
+/*
+ * At the end of every run: pipeline_info/run_status.json (and failed_run_report.html when a step failed, see
+ * lib/RunStatus.groovy), then the run's last console line. run: outdir, samplesheet, help, metadata (workflow).
+ */
+def onRunComplete(Map run) {
+    def wf = run.metadata
+    def page = null
+    if (run.outdir && !run.help) {
+        try {
+            page = RunStatus.write(
+                outdir:       run.outdir,
+                samplesheet:  run.samplesheet ? "${run.samplesheet}" : null,
+                success:      wf.success,
+                runName:      wf.runName,
+                start:        wf.start,
+                complete:     wf.complete,
+                duration:     wf.duration,
+                errorMessage: wf.errorMessage,
+                errorReport:  wf.errorReport,
+                stats:        [succeeded: wf.stats.succeedCount, failed: wf.stats.failedCount,
+                               ignored: wf.stats.ignoredCount, cached: wf.stats.cachedCount],
+                commandLine:  wf.commandLine,
+            )
+        } catch (Exception e) {
+            log.warn "pipeline_info/run_status.json not written: ${e.message}"
+        }
+    }
+    if (wf.success) {
+        log.info "cell2location-nf finished: results in ${run.outdir} (multiqc/multiqc_report.html, plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
+    } else {
+        log.error "cell2location-nf failed: see the error above" +
+            (page ? "; what finished: ${page}" : " and ${run.outdir}/pipeline_info/")
+    }
 }
 
 workflow {
+    // pipeline_info/run_status.json always; failed_run_report.html (what finished, the error) when a step failed.
+    // Registered first, so that it also runs when the parameters or the samplesheet are rejected. (The handler
+    // resolves names against the run's metadata first: it gets what it needs as captured values.)
+    def run = [outdir: params.outdir, samplesheet: params.input, help: params.help, metadata: workflow]
+    workflow.onComplete { onRunComplete(run) }
+
+    // the functions above get params as an argument (the strict syntax keeps params to the entry workflow)
+    def options = params
     if (params.help) {
-        log.info helpMessage()
+        log.info helpMessage(options)
         return
     }
-    validateParameters()
+    validateParameters(options)
     // one [meta, path] per section; every rule of assets/schema_input.json checked before any task starts
     def rows = readSamplesheet(
         path:         params.input,
         schema:       "${projectDir}/assets/schema_input.json",
         base_dir:     params.input_base_dir,
-        defaults:     [n_cells_per_location: params.n_cells_per_location, detection_alpha: detectionAlphas()[0]],
+        defaults:     [n_cells_per_location: params.n_cells_per_location, detection_alpha: detectionAlphas(options)[0]],
         mapping_mode: params.mapping_mode,
     )
-    log.info "cell2location-nf: ${rows.size()} section(s): ${rows.collect { it[0].id }.join(', ')}; mapping mode ${params.mapping_mode}"
+    log.info "cell2location-nf: ${rows.size()} section(s): ${rows.collect { row -> row[0].id }.join(', ')}; mapping mode ${params.mapping_mode}"
 
     // the reference's meta carries the obs columns its steps read (the options go in through ext.args)
     def refMeta = [
@@ -193,20 +238,22 @@ workflow {
         params.signatures ? Channel.value(file(params.signatures))           : Channel.empty(),
         params.mapping_mode,
         shardBudget,
-        detectionAlphas(),
+        detectionAlphas(options),
+        params.regions as boolean,
+        params.colocation_factors as boolean,
     )
 
     // copied (not storeDir) so that a run whose sections all fail leaves no empty read_visium/ behind
     def qcSummary = file("${params.outdir}/read_visium/qc_summary.csv")
     CELL2LOCATION.out.qc
-        .map { meta, qc -> qc }
+        .map { _meta, qc -> qc }
         .collectFile(name: 'qc_summary.csv', keepHeader: true, skip: 1, sort: true)
         .subscribe { summary -> qcSummary.parent.mkdirs(); summary.copyTo(qcSummary) }
 
     // the steps' warnings, in the console as they come and in pipeline_info/warnings.txt
     CELL2LOCATION.out.warnings
-        .map { label, txt -> txt.readLines().findAll { it.trim() }.collect { line -> "${label}: ${line}" } }
-        .filter { it }
+        .map { label, txt -> txt.readLines().findAll { line -> line.trim() }.collect { line -> "${label}: ${line}" } }
+        .filter { lines -> lines }
         .map { lines -> lines.each { line -> log.warn line }; lines.join('\n') + '\n' }
         .collectFile(name: 'warnings.txt', sort: true, storeDir: "${params.outdir}/pipeline_info")
 
@@ -215,50 +262,21 @@ workflow {
         .collectFile(name: 'software_versions.yml', sort: true, newLine: false,
                      storeDir: "${params.outdir}/pipeline_info")
 
-    // one MultiQC report of the run (docs/output.md, multiqc/)
-    def plainParams = params.collectEntries { k, v ->
-        [k, (v == null || v instanceof Number || v instanceof Boolean) ? v : v.toString()]
-    }
-    def paramsJson = JsonOutput.prettyPrint(JsonOutput.toJson(plainParams))
-    MULTIQC(
-        CELL2LOCATION.out.report_sections.collect().ifEmpty([]),
-        CELL2LOCATION.out.report_reference.collect().ifEmpty([]),
-        CELL2LOCATION.out.report_models.collect().ifEmpty([]),
-        CELL2LOCATION.out.figures.map { meta, f -> f }.mix(CELL2LOCATION.out.region_plots.flatten()).collect().ifEmpty([]),
-        ch_versions_file,
-        Channel.of(paramsJson).collectFile(name: 'params.json', newLine: true),
-        rows.collect { it[0].id },
-    )
-    MULTIQC.out.warnings.subscribe { txt -> txt.readLines().findAll { it.trim() }.each { line -> log.warn "MULTIQC: ${line}" } }
-}
-
-workflow.onComplete {
-    // pipeline_info/run_status.json always; failed_run_report.html (what finished, the error) when a step failed
-    def page = null
-    if (params.outdir && !params.help) {
-        try {
-            page = RunStatus.write(
-                outdir:       params.outdir,
-                samplesheet:  params.input ? "${params.input}" : null,
-                success:      workflow.success,
-                runName:      workflow.runName,
-                start:        workflow.start,
-                complete:     workflow.complete,
-                duration:     workflow.duration,
-                errorMessage: workflow.errorMessage,
-                errorReport:  workflow.errorReport,
-                stats:        [succeeded: workflow.stats.succeedCount, failed: workflow.stats.failedCount,
-                               ignored: workflow.stats.ignoredCount, cached: workflow.stats.cachedCount],
-                commandLine:  workflow.commandLine,
-            )
-        } catch (Exception e) {
-            log.warn "pipeline_info/run_status.json not written: ${e.message}"
+    // one MultiQC report of the run (docs/output.md, multiqc/), unless --skip_multiqc
+    if (!params.skip_multiqc) {
+        def plainParams = options.collectEntries { k, v ->
+            [k, (v == null || v instanceof Number || v instanceof Boolean) ? v : v.toString()]
         }
-    }
-    if (workflow.success) {
-        log.info "cell2location-nf finished: results in ${params.outdir} (multiqc/multiqc_report.html, plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
-    } else {
-        log.error "cell2location-nf failed: see the error above" +
-            (page ? "; what finished: ${page}" : " and ${params.outdir}/pipeline_info/")
+        def paramsJson = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(plainParams))
+        MULTIQC(
+            CELL2LOCATION.out.report_sections.collect().ifEmpty([]),
+            CELL2LOCATION.out.report_reference.collect().ifEmpty([]),
+            CELL2LOCATION.out.report_models.collect().ifEmpty([]),
+            CELL2LOCATION.out.figures.map { _meta, f -> f }.mix(CELL2LOCATION.out.region_plots.flatten()).collect().ifEmpty([]),
+            ch_versions_file,
+            Channel.of(paramsJson).collectFile(name: 'params.json', newLine: true),
+            rows.collect { row -> row[0].id },
+        )
+        MULTIQC.out.warnings.subscribe { txt -> txt.readLines().findAll { line -> line.trim() }.each { line -> log.warn "MULTIQC: ${line}" } }
     }
 }

@@ -25,6 +25,8 @@ workflow CELL2LOCATION {
                     //          model allows within memory_gb) is fitted as shards (MAP_CELLS per shard, MERGE_SHARDS)
     detection_alphas // value:  list of detection_alpha values; with more than one, every model is fitted once per
                     //          value (model id <id>_alpha<value>, meta.variant alpha<value>), overriding the sections' own
+    run_regions     // value:   true: tissue regions over all mapped sections (REGIONS)
+    run_colocation  // value:   true: co-location factors over all mapped sections (COLOCATION)
 
     main:
     ch_versions = Channel.empty()
@@ -39,7 +41,7 @@ workflow CELL2LOCATION {
     ch_versions = ch_versions.mix(TRAIN_REFERENCE.out.versions)
 
     // exactly one of the two is non-empty (checked in main.nf)
-    ch_sig = ch_signatures.mix(TRAIN_REFERENCE.out.signatures.map { meta, csv -> csv }).collect()
+    ch_sig = ch_signatures.mix(TRAIN_REFERENCE.out.signatures.map { _meta, csv -> csv }).collect()
 
     // one model per group of sections; its meta lists the sections' own metas, in the order of the files.
     // Each section's number of spots comes from its QC table, to size the models.
@@ -53,14 +55,14 @@ workflow CELL2LOCATION {
         ch_models = ch_counted
             .toSortedList { a, b -> a[0].id <=> b[0].id }
             .filter { items -> items }  // no section read (a failed READ_VISIUM): no model, no second error
-            .map { items -> [ modelMeta('joint', items.collect { it[0] }), items.collect { it[1] }, items.sum { it[2] } ] }
+            .map { items -> [ modelMeta('joint', items.collect { item -> item[0] }), items.collect { item -> item[1] }, items.sum { item -> item[2] } ] }
     }
     // --detection_alpha 20,200: each model once per value (the tutorial advises trying both)
     if (detection_alphas && detection_alphas.size() > 1) {
         ch_models = ch_models.flatMap { meta, files, n -> detection_alphas.collect { alpha ->
             def variant = "alpha${alphaTag(alpha)}"
             [ meta + [id: "${meta.id}_${variant}", variant: variant,
-                      sections: meta.sections.collect { it + [detection_alpha: alpha, variant: variant] }], files, n ]
+                      sections: meta.sections.collect { section -> section + [detection_alpha: alpha, variant: variant] }], files, n ]
         } }
     }
     // a model larger than the budget becomes `count` shards (one task each), stratified by section in map-cells
@@ -74,15 +76,15 @@ workflow CELL2LOCATION {
     ch_shard_files = MAP_CELLS.out.csv
         .join(MAP_CELLS.out.summary)
         .join(MAP_CELLS.out.history)
-        .filter { meta, csvs, json, history -> meta.shard }
+        .filter { meta, _csvs, _json, _history -> meta.shard }
         .map { meta, csvs, json, history -> [ groupKey(meta.id, meta.shard.count), [csvs, json, history].flatten() ] }
         .groupTuple()
         .map { key, files -> [ key.getGroupTarget(), files.flatten() ] }
     ch_merge_in = ch_map_in
-        .filter { meta, files -> meta.shard?.index == 1 }
-        .map { meta, files -> [ meta.id, meta.findAll { k, v -> k != 'shard' } + [n_shards: meta.shard.count], files ] }
+        .filter { meta, _files -> meta.shard?.index == 1 }
+        .map { meta, files -> [ meta.id, meta.findAll { k, _v -> k != 'shard' } + [n_shards: meta.shard.count], files ] }
         .join(ch_shard_files)
-        .map { id, meta, sections, shardFiles -> [ meta, sections, shardFiles ] }
+        .map { _id, meta, sections, shardFiles -> [ meta, sections, shardFiles ] }
     MERGE_SHARDS(ch_merge_in)
     ch_versions = ch_versions.mix(MERGE_SHARDS.out.versions.first())
 
@@ -102,15 +104,15 @@ workflow CELL2LOCATION {
     ch_versions = ch_versions.mix(PLOT_SPATIAL.out.versions.first())
 
     // optional downstream analyses over all mapped sections together (the tutorial's adata_vis): tissue regions
-    // (--regions) and co-location factors (--colocation_factors); switched by ext.when in conf/modules.config
+    // (--regions) and co-location factors (--colocation_factors); a step that is off gets no input, so no task
     // (once per --detection_alpha value when there are several)
     ch_all_mapped = ch_mapped
         .map { meta, h5ad -> [ meta.variant ?: '', [meta.id, h5ad] ] }
         .groupTuple()
-        .map { variant, pairs -> def sorted = pairs.sort { it[0] }; [ variant, sorted.collect { it[0] }, sorted.collect { it[1] } ] }
-    REGIONS(ch_all_mapped)
+        .map { variant, pairs -> def sorted = pairs.sort { pair -> pair[0] }; [ variant, sorted.collect { pair -> pair[0] }, sorted.collect { pair -> pair[1] } ] }
+    REGIONS(run_regions ? ch_all_mapped : Channel.empty())
     ch_versions = ch_versions.mix(REGIONS.out.versions)
-    COLOCATION(ch_all_mapped)
+    COLOCATION(run_colocation ? ch_all_mapped : Channel.empty())
     ch_versions = ch_versions.mix(COLOCATION.out.versions)
 
     // every step's warnings (c2l.warnings.txt, when it has any) as [ 'STEP id', file ], for main.nf to show
@@ -129,7 +131,7 @@ workflow CELL2LOCATION {
     qc           = READ_VISIUM.out.qc
     signatures   = ch_sig
     mapped       = ch_mapped
-    abundance    = MAP_CELLS.out.csv.filter { meta, csvs -> !meta.shard }.mix(MERGE_SHARDS.out.csv)
+    abundance    = MAP_CELLS.out.csv.filter { meta, _csvs -> !meta.shard }.mix(MERGE_SHARDS.out.csv)
     models       = MAP_CELLS.out.model
     figures      = PLOT_SPATIAL.out.abundance.mix(PLOT_SPATIAL.out.overlay, PLOT_SPATIAL.out.proportions)
     regions      = REGIONS.out.csv
@@ -138,14 +140,14 @@ workflow CELL2LOCATION {
     versions     = ch_versions
     // what the run report reads (files only): section QC, reference QC and training, each model's summary and
     // -ELBO (a sharded model's merged ones)
-    report_sections  = READ_VISIUM.out.qc.map { meta, f -> f }
+    report_sections  = READ_VISIUM.out.qc.map { _meta, f -> f }
     report_reference = FILTER_REFERENCE.out.genes
         .mix(TRAIN_REFERENCE.out.summary, TRAIN_REFERENCE.out.history)
-        .map { meta, f -> f }
+        .map { _meta, f -> f }
     report_models    = MAP_CELLS.out.summary.mix(MAP_CELLS.out.history)
-        .filter { meta, f -> !meta.shard }
+        .filter { meta, _f -> !meta.shard }
         .mix(MERGE_SHARDS.out.summary, MERGE_SHARDS.out.history)
-        .map { meta, f -> f }
+        .map { _meta, f -> f }
 }
 
 /*
@@ -179,10 +181,10 @@ def qcSpots(qc, String sample) {
  * and its cell types, for the memory estimate.
  */
 def signatureShape(csv) {
-    def genes = 0L
+    def genes = 0 as long
     def header = null
-    csv.eachLine { line -> if (header == null) { header = line } else if (line.trim()) { genes++ } }
-    def types = header ? header.split(/,(?=(?:[^"]*"[^"]*")*[^"]*$)/).size() - 1 : 0   // (an empty -stub file)
+    csv.eachLine { line -> if (header == null) { header = line } else if (line.trim()) { genes += 1 } }
+    def types = header ? header.split(',(?=(?:[^"]*"[^"]*")*[^"]*$)').size() - 1 : 0   // (an empty -stub file)
     return [genes: genes, types: types]
 }
 
@@ -196,7 +198,7 @@ def maxLocations(Map shape, Map budget) {
     def c = budget.coefficients
     if (!c) { return null }
     def perLocation = c.gb_per_location_gene * shape.genes + c.gb_per_location_type * shape.types
-    return perLocation > 0 ? Math.max(1L, ((budget.memory_gb - c.base_gb) / perLocation) as long) : null
+    return perLocation > 0 ? Math.max(1 as long, ((budget.memory_gb - c.base_gb) / perLocation) as long) : null
 }
 
 /*
@@ -206,14 +208,14 @@ def maxLocations(Map shape, Map budget) {
 def shardModel(Map meta, List files, long n, Map shape, Map budget) {
     def most = maxLocations(shape, budget)
     def m = meta + [n_locations: n, max_locations: most]
-    def count = most ? Math.ceil(n / (double) most) as int : 1
+    def count = most ? Math.ceil(n / (most as double)) as int : 1
     if (count <= 1) { return [[m, files]] }
     def option = budget.max_locations ? '--max_locations_per_model' : '--gpu_memory_gb'
     def why = budget.max_locations ? option : "memory model within ${option} ${budget.memory_gb}"
     log.info "model '${meta.id}': ${n} locations, at most ${most} per model (${why}): ${count} shards stratified by section"
     // the smallest shard measured to agree with an unsharded model: 600 locations (median per-type q05 r 0.990; 300: 0.975)
     def minAgreeing = 600
-    def perShard = Math.floor(n / (double) count) as long
+    def perShard = Math.floor(n / (count as double)) as long
     if (perShard < minAgreeing) {
         log.warn "model '${meta.id}': shards of ~${perShard} locations (${why}); each shard fits the genes' detection " +
             "efficiency from its own spots, and shards below ${minAgreeing} locations were measured to " +

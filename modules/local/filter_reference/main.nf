@@ -12,15 +12,18 @@ process FILTER_REFERENCE {
     tuple val(meta), path("c2l.warnings.txt")       , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                             , emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
+    // the reference's own settings: its obs columns, gene id column and counts layer
+    def own  = C2lArgs.join(C2lArgs.reference(meta) + [
+        meta.gene_id_column ? "--gene-id-column ${C2lArgs.quote(meta.gene_id_column)}" : null,
+        meta.layer ? "--layer ${C2lArgs.quote(meta.layer)}" : null,
+    ])
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt filter-reference \\
         --reference ${reference} \\
+        ${own} \\
         ${args} \\
         --prefix '${prefix}' \\
         --outdir .

@@ -7,17 +7,15 @@ process MERGE_SHARDS {
     // meta.sections; shards: every file MAP_CELLS wrote for the model's shards (tables, _training.json, _history.csv)
     tuple val(meta), path(sections, stageAs: 'sections/*'), path(shards, stageAs: 'shards/*')
 
+    // written under <model>/, the folder they are published in (conf/modules.config)
     output:
-    tuple val(meta), path("*.cell2location.h5ad")         , emit: h5ad
-    tuple val(meta), path("*_cell_abundance_w_sf.csv")    , emit: csv
-    tuple val(meta), path("${prefix}_history.png")        , emit: history_plot
-    tuple val(meta), path("${prefix}_history.csv")        , emit: history
-    tuple val(meta), path("${prefix}_training.json")      , emit: summary
+    tuple val(meta), path("${meta.id}/*.cell2location.h5ad")      , emit: h5ad
+    tuple val(meta), path("${meta.id}/*_cell_abundance_w_sf.csv") , emit: csv
+    tuple val(meta), path("${meta.id}/${prefix}_history.png")     , emit: history_plot
+    tuple val(meta), path("${meta.id}/${prefix}_history.csv")     , emit: history
+    tuple val(meta), path("${meta.id}/${prefix}_training.json")   , emit: summary
     tuple val(meta), path("c2l.warnings.txt")             , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                                   , emit: versions
-
-    when:
-    task.ext.when == null || task.ext.when
 
     script:
     def args  = task.ext.args ?: ''
@@ -31,7 +29,7 @@ process MERGE_SHARDS {
         --shard-dir shards \\
         ${args} \\
         --prefix '${prefix}' \\
-        --outdir .
+        --outdir '${meta.id}'
 
     c2l versions --process '${task.process}' > versions.yml
     """
@@ -39,13 +37,14 @@ process MERGE_SHARDS {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     def touches = meta.sections.collect { s ->
-        "touch ${s.id}.cell2location.h5ad " + ['means', 'stds', 'q05', 'q95'].collect { st -> "${s.id}.${st}_cell_abundance_w_sf.csv" }.join(' ')
+        "touch ${meta.id}/${s.id}.cell2location.h5ad " + ['means', 'stds', 'q05', 'q95'].collect { st -> "${meta.id}/${s.id}.${st}_cell_abundance_w_sf.csv" }.join(' ')
     }.join('\n    ')
     """
+    mkdir -p ${meta.id}
     ${touches}
-    touch ${prefix}_history.png
-    echo 'epoch,elbo_train,shard' > ${prefix}_history.csv
-    echo '{}' > ${prefix}_training.json
+    touch ${meta.id}/${prefix}_history.png
+    echo 'epoch,elbo_train,shard' > ${meta.id}/${prefix}_history.csv
+    echo '{}' > ${meta.id}/${prefix}_training.json
     c2l versions --process '${task.process}' > versions.yml
     """
 }

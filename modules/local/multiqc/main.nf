@@ -18,9 +18,6 @@ process MULTIQC {
     path "c2l.warnings.txt"   , emit: warnings, optional: true  // the verdicts that are not PASS, shown by main.nf
     path "versions.yml"       , emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     """

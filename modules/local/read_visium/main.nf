@@ -11,16 +11,19 @@ process READ_VISIUM {
     tuple val(meta), path("c2l.warnings.txt"), emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                      , emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
+    // the section's own settings (samplesheet columns); its metadata columns become obs columns
+    def own  = C2lArgs.join([
+        meta.bin_size ? "--bin-size ${meta.bin_size}" : null,
+        meta.layer ? "--layer ${C2lArgs.quote(meta.layer)}" : null,
+    ] + (meta.metadata ?: [:]).collect { k, v -> "--obs ${C2lArgs.quote("${k}=${v}")}" })
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt read-visium \\
         --sample '${meta.id}' \\
         --${meta.input_type.replace('_', '-')} ${section} \\
+        ${own} \\
         ${args} \\
         --prefix '${prefix}' \\
         --outdir .

@@ -17,15 +17,14 @@ process TRAIN_REFERENCE {
     tuple val(meta), path("c2l.warnings.txt")         , emit: warnings, optional: true  // the step's warnings, shown by main.nf
     path "versions.yml"                               , emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     prefix   = task.ext.prefix ?: "${meta.id}"
+    def own  = C2lArgs.join(C2lArgs.reference(meta))   // the reference's obs columns
     """
     c2l --pipeline-digest ${task.ext.c2l_digest} --warnings-file c2l.warnings.txt train-reference \\
         --reference ${reference} \\
+        ${own} \\
         --device ${task.accelerator ? 'cuda' : 'cpu'} \\
         --threads ${task.cpus} \\
         ${args} \\

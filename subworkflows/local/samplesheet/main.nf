@@ -24,12 +24,12 @@ def readSamplesheet(Map opts) {
     if (sheet.name.toLowerCase() ==~ /.*\.(xlsx|xls|ods)$/) {
         error("Samplesheet ${path}: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)")
     }
-    def lines  = sheet.readLines().findAll { it.trim() }
+    def lines  = sheet.readLines().findAll { line -> line.trim() }
     if (!lines) { error("Samplesheet ${path}: the file is empty") }
     // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
-    def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { it.trim().replaceAll('^"|"$', '') }
+    def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { h -> h.trim().replaceAll('^"|"$', '') }
     if (header.size() == 1) {   // Excel in many locales saves 'CSV' with ';', and some tools write tabs
-        def sep = [';': 'semicolons', '\t': 'tabs'].find { ch, name -> lines[0].contains(ch) }
+        def sep = [';': 'semicolons', '\t': 'tabs'].find { ch, _name -> lines[0].contains(ch) }
         if (sep) { error("Samplesheet ${path}: the header is separated by ${sep.value}, not commas; save it as comma-separated CSV") }
     }
     def dup = header.findAll { h -> h && header.count(h) > 1 }.unique()
@@ -38,15 +38,15 @@ def readSamplesheet(Map opts) {
     def unnamed = [:]
     header.eachWithIndex { h, i -> if (!h) { unnamed["__unnamed_${i + 1}".toString()] = i + 1; header[i] = "__unnamed_${i + 1}".toString() } }
     props.keySet().each { col ->   // 'Sample' or 'H5AD' for 'sample' or 'h5ad'
-        def near = header.find { it != col && it.equalsIgnoreCase(col) }
+        def near = header.find { h -> h != col && h.equalsIgnoreCase(col) }
         if (near && !(col in header)) { error("Samplesheet ${path}: column '${near}' must be written '${col}' (column names are case-sensitive)") }
     }
     items.required.each { col ->
         if (!(col in header)) { error("Samplesheet ${path}: missing column '${col}' (columns: ${header.join(', ')})") }
     }
     def oneOf = items.'x-exactly-one-of' ?: []
-    if (oneOf && !oneOf.any { it in header }) {
-        error("Samplesheet ${path}: missing column ${oneOf.collect { "'${it}'" }.join(' or ')} (columns: ${header.join(', ')})")
+    if (oneOf && !oneOf.any { col -> col in header }) {
+        error("Samplesheet ${path}: missing column ${oneOf.collect { col -> "'${col}'" }.join(' or ')} (columns: ${header.join(', ')})")
     }
     def base = opts.base_dir ? file(opts.base_dir) : sheet.parent
     def rows = []
@@ -59,9 +59,9 @@ def readSamplesheet(Map opts) {
             if (row[key]) { error("${where}: column ${col} has the value '${row[key]}' but no name in the header") }
             row.remove(key)
         }
-        def given = oneOf.findAll { row[it] }
+        def given = oneOf.findAll { col -> row[col] }
         if (oneOf && given.size() != 1) {
-            error("${where}: give exactly one of the fields ${oneOf.collect { "'${it}'" }.join(' and ')}")
+            error("${where}: give exactly one of the fields ${oneOf.collect { col -> "'${col}'" }.join(' and ')}")
         }
         def meta = [:]
         def input = null
@@ -92,7 +92,7 @@ def readSamplesheet(Map opts) {
     if (!rows) { error("Samplesheet ${path}: no rows") }
     checkAcrossRows(path, schema, rows, opts.mapping_mode)
     checkSameSection(path, rows)
-    return rows.collect { meta, input, n -> [meta, input] }
+    return rows.collect { meta, input, _n -> [meta, input] }
 }
 
 /*
@@ -117,8 +117,8 @@ def checkField(String raw, Map spec, String where, base) {
         value = raw.toLowerCase() == 'true'
     }
     if (spec.pattern && !(raw ==~ spec.pattern)) { error("${where} ${why ?: "must match ${spec.pattern}"}") }
-    if (spec.enum && !spec.enum.any { it.toString() == value.toString() }) {  // (JSON numbers vs BigInteger)
-        error("${where} ${why ?: "must be one of ${spec.enum.join(', ')}"}, got '${raw}'")
+    if (spec['enum'] && !spec['enum'].any { option -> option.toString() == value.toString() }) {  // (JSON numbers vs BigInteger)
+        error("${where} ${why ?: "must be one of ${spec['enum'].join(', ')}"}, got '${raw}'")
     }
     if (spec.format in ['file-path', 'directory-path']) {
         def p = raw.startsWith('/') || raw.contains('://') ? file(raw) : base.resolve(raw)
@@ -140,7 +140,7 @@ def checkField(String raw, Map spec, String where, base) {
 def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
     def unique = schema.uniqueEntries ?: []
     def seen = [:]
-    rows.each { meta, input, n ->
+    rows.each { meta, _input, n ->
         def key = unique.collect { col -> meta[schema.items.properties[col].meta?.getAt(0) ?: col] }
         if (seen.containsKey(key)) {
             error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${unique.join("', '")}' is duplicated (also row ${seen[key]})")
@@ -152,9 +152,9 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
         if (!spec.'x-same-in-joint-model') { return }
         def key = spec.meta?.getAt(0) ?: col
         def first = rows[0]
-        rows.each { meta, input, n ->
+        rows.each { meta, _input, n ->
             if (meta[key] != first[0][key]) {
-                def listing = rows.collect { m, p, r -> "${m.id}=${m[key]}" }.join(', ')
+                def listing = rows.collect { m, _p, _r -> "${m.id}=${m[key]}" }.join(', ')
                 error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field '${col}' must be the same in every row " +
                       "when the sections are mapped in one joint model (${listing}); use --mapping_mode per_sample " +
                       "to give each section its own")
