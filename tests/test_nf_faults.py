@@ -56,7 +56,7 @@ def test_killed_while_mapping_leaves_no_mapping_output(killed):
     base, task, code = killed
     assert code != 0
     assert not (task / ".exitcode").exists() or (task / ".exitcode").read_text().strip() != "0"
-    assert not list(task.glob("*.cell2location.h5ad")), "a killed MAP_CELLS left a result behind"
+    assert not list(task.rglob("*.cell2location.h5ad")), "a killed MAP_CELLS left a result behind"
     assert not (base.launch / "killed" / "map_cells").exists()
     assert not (base.launch / "killed" / "plot_spatial").exists()
     # stopping the run reports the stop, not a pipeline error such as a join mismatch

@@ -126,31 +126,32 @@ def test_map_cells(real):
     import anndata as ad
 
     task = real.task_dir("MAP_CELLS", "joint")
-    tables = {s: pd.read_csv(task / f"lymph_node.{s}_cell_abundance_w_sf.csv", index_col=0) for s in STATS}
+    out = task / "joint"    # written under the model's folder, as published (map_cells/joint/)
+    tables = {s: pd.read_csv(out / f"lymph_node.{s}_cell_abundance_w_sf.csv", index_col=0) for s in STATS}
     for stat, table in tables.items():
         assert table.shape == (1000, 11), (stat, table.shape)
         assert list(table.columns) == CELL_TYPES
         assert np.isfinite(table.values).all() and (table.values >= 0).all(), stat
     assert (tables["q05"].values <= tables["q95"].values + 1e-6).all()
     assert (tables["means"].sum(axis=1) > 0).all()
-    mapped = ad.read_h5ad(task / "lymph_node.cell2location.h5ad")
+    mapped = ad.read_h5ad(out / "lymph_node.cell2location.h5ad")
     assert mapped.shape == (1000, 2000)
     for stat in STATS:
         obsm = mapped.obsm[f"{stat}_cell_abundance_w_sf"]
         assert obsm.shape == (1000, 11)
         np.testing.assert_allclose(np.asarray(obsm, dtype=float), tables[stat].loc[mapped.obs_names].values, rtol=1e-5)
-    assert (task / "joint_model" / "model.pt").stat().st_size > 0
-    assert len(pd.read_csv(task / "joint_history.csv")) == 30           # --map_max_epochs 30
-    _summary(task / "joint_training.json", epochs=30)
+    assert (out / "joint_model" / "model.pt").stat().st_size > 0
+    assert len(pd.read_csv(out / "joint_history.csv")) == 30           # --map_max_epochs 30
+    _summary(out / "joint_training.json", epochs=30)
     for png in ("joint_history.png", "joint_qc.png"):
-        assert min(_png_size(task / png)) >= 100
+        assert min(_png_size(out / png)) >= 100
     _versions(task, "MAP_CELLS")
 
 
 def test_plot_spatial(real):
     task = real.task_dir("PLOT_SPATIAL", "lymph_node")
     for name in ("q05_abundance", "overlay", "proportions"):
-        png = task / f"lymph_node.{name}.png"
+        png = task / "lymph_node" / f"lymph_node.{name}.png"   # under the section's folder, as published
         assert png.stat().st_size > 10_000, png
         assert min(_png_size(png)) >= 200, png
     _versions(task, "PLOT_SPATIAL")

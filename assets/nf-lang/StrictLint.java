@@ -67,7 +67,7 @@ public class StrictLint {
                 if (future) { futureErrors++; } else { warnings++; }
             }
         }
-        System.out.println("strict syntax (nf-lang " + nextflow.script.control.ScriptParser.class.getPackage().getImplementationVersion()
+        System.out.println("strict syntax (nf-lang " + System.getProperty("nflang.version", "?")
             + "): " + units.size() + " file(s), " + errors + " error(s), " + futureErrors + " future error(s), " + warnings + " warning(s)");
         System.exit(errors + futureErrors > 0 ? 1 : 0);
     }

@@ -50,4 +50,5 @@ if (( $# == 0 )); then
 else
   files=("$@")
 fi
-exec java -cp "$cp" "$here/StrictLint.java" "${files[@]}"
+version=$(tr ':' '\n' <<<"$cp" | sed -n 's|.*/nf-lang-\(.*\)\.jar$|\1|p')
+exec java -Dnflang.version="$version" -cp "$cp" "$here/StrictLint.java" "${files[@]}"
