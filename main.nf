@@ -55,7 +55,7 @@ def validateParameters() {
     def props = [:]
     schema['$defs'].each { name, group -> props.putAll(group.properties) }
     def errors = []
-    def ignore = ['config_profile_name', 'config_profile_description', 'trace_report_suffix', 'testdata', 'help']
+    def ignore = ['help']
     params.each { key, value ->
         if (key in ignore || key.contains('-')) { return }
         def spec = props[key]
@@ -161,6 +161,13 @@ workflow {
         return
     }
     validateParameters()
+    // institutional profiles (nextflow.config: nf-core/configs or --custom_config_base): one line when not read
+    if (System.getenv('NXF_OFFLINE') == 'true' && params.custom_config_base?.toString()?.startsWith('http')) {
+        log.info "Institutional profiles (nf-core/configs) not loaded: NXF_OFFLINE is set (--custom_config_base <folder> reads a local copy)"
+    }
+    if (params.config_profile_description) {
+        log.info "Config profile: ${params.config_profile_description}"
+    }
     // one [meta, path] per section; every rule of assets/schema_input.json checked before any task starts
     def rows = readSamplesheet(
         path:         params.input,
