@@ -162,7 +162,7 @@ workflow {
     }
     validateParameters()
     // institutional profiles (nextflow.config: nf-core/configs or --custom_config_base): one line when not read
-    if (System.getenv('NXF_OFFLINE') == 'true' && params.custom_config_base?.toString()?.startsWith('http')) {
+    if (System.getenv('NXF_OFFLINE') && params.custom_config_base?.toString()?.startsWith('http')) {
         log.info "Institutional profiles (nf-core/configs) not loaded: NXF_OFFLINE is set (--custom_config_base <folder> reads a local copy)"
     }
     if (params.config_profile_description) {
