@@ -51,7 +51,7 @@ def validateParameters(Map p) {
     def props = [:]
     schema['$defs'].each { _name, group -> props.putAll(group.properties) }
     def errors = []
-    def ignore = ['config_profile_name', 'config_profile_description', 'trace_report_suffix', 'testdata', 'help']
+    def ignore = ['help']
     p.each { key, value ->
         if (key in ignore || key.contains('-')) { return }
         def spec = props[key]
@@ -206,6 +206,13 @@ workflow {
         return
     }
     validateParameters(options)
+    // institutional profiles (nextflow.config: nf-core/configs or --custom_config_base): one line when not read
+    if (System.getenv('NXF_OFFLINE') && params.custom_config_base?.toString()?.startsWith('http')) {
+        log.info "Institutional profiles (nf-core/configs) not loaded: NXF_OFFLINE is set (--custom_config_base <folder> reads a local copy)"
+    }
+    if (params.config_profile_description) {
+        log.info "Config profile: ${params.config_profile_description}"
+    }
     // one [meta, path] per section; every rule of assets/schema_input.json checked before any task starts
     def rows = readSamplesheet(
         path:         params.input,

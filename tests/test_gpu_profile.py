@@ -147,15 +147,14 @@ header = Path(".command.run").read_text().split("### outputs:", 1)[1].split("###
 declared = re.findall(r"^### - '(.+)'$", header, re.M)
 samples = [Path(a).name.split(".")[0] for a in rest if a.endswith(".h5ad") and a != opt("--reference")]
 samples = samples or [opt("--sample") or "x"]
-out = Path(opt("--outdir", "."))
-for pattern in declared:
+for pattern in declared:  # paths relative to the task folder (a step may write under a subfolder of it)
     if pattern == "versions.yml":
         continue  # written by `c2l versions > versions.yml`
     names = [pattern.replace("*", s) for s in samples] if "*" in pattern else [pattern]
     for name in names:
         if re.search(r"[?{{}}\\[\\]]", name):
             sys.exit("fake c2l (tests/test_gpu_profile.py): cannot fake output pattern %r" % pattern)
-        p = out / name
+        p = Path(name)
         if not p.suffix:  # a folder output (a saved model)
             p.mkdir(parents=True, exist_ok=True)
             (p / "model.pt").write_text("x\\n")
