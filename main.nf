@@ -83,6 +83,8 @@ def validateParameters(Map p) {
             errors << "--${key}: must be >= ${spec.minimum}, got ${value}"
         } else if (spec.maximum != null && value > spec.maximum) {
             errors << "--${key}: must be <= ${spec.maximum}, got ${value}"
+        } else if (spec.pattern && key != 'colocation_factors' && !("${value}" ==~ spec.pattern)) {
+            errors << "--${key}: '${value}' is not of the form ${spec.pattern} (${spec.description})"
         }
     }
     if (p.colocation_factors != null && !("${p.colocation_factors}" ==~ /\s*[0-9]+(\s*,\s*[0-9]+)*\s*/)) {
@@ -184,8 +186,15 @@ def onRunComplete(Map run) {
             log.warn "pipeline_info/run_status.json not written: ${e.message}"
         }
     }
+    // a kill (scancel, a scheduler's time limit, Ctrl-C) has no failed task to show above: say so instead
+    def signal = wf.success ? null : "${wf.errorMessage ?: ''}".find(/\bSIG[A-Z]+\b/)
     if (wf.success) {
         log.info "cell2location-nf finished: results in ${run.outdir} (multiqc/multiqc_report.html, plot_spatial/, map_cells/, train_reference/, pipeline_info/)"
+    } else if (signal) {
+        log.error "cell2location-nf was killed (${signal}) after ${wf.duration}: " +
+            "${wf.stats.succeedCount} task(s) finished, ${wf.stats.cachedCount} cached, " +
+            "${wf.stats.failedCount} failed; rerun the same command with -resume to continue" +
+            (page ? "; what finished: ${page}" : '')
     } else {
         log.error "cell2location-nf failed: see the error above" +
             (page ? "; what finished: ${page}" : " and ${run.outdir}/pipeline_info/")
