@@ -146,13 +146,14 @@ def run_nf(launch: Path, *args, outdir: str = "results", profile: str = "test,lo
     return NfRun(launch, launch / outdir, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start, cmd[1:])
 
 
-def start_nf(launch: Path, *args, outdir: str = "results", profile: str = "test,local") -> subprocess.Popen:
+def start_nf(launch: Path, *args, outdir: str = "results", profile: str = "test,local",
+             env: dict | None = None) -> subprocess.Popen:
     """Start a run in the background, in its own process group (so a test can kill the whole group)."""
     launch = Path(launch)
     launch.mkdir(parents=True, exist_ok=True)
     cmd = nf_args(launch, launch / outdir, *args, profile=profile)
     out = open(launch / "background.stdout", "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(cmd, cwd=launch, env=nf_env(), stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=launch, env=nf_env(env), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
 
 

@@ -60,7 +60,13 @@ def test_killed_while_mapping_leaves_no_mapping_output(killed):
     assert not (base.launch / "killed" / "map_cells").exists()
     assert not (base.launch / "killed" / "plot_spatial").exists()
     # stopping the run reports the stop, not a pipeline error such as a join mismatch
-    assert "Join mismatch" not in (base.launch / "background.stdout").read_text()
+    console = (base.launch / "background.stdout").read_text()
+    assert "Join mismatch" not in console
+    # ... and its last line says that it was killed, by which signal, and what had finished
+    last = [line for line in console.splitlines() if line.strip()][-1]
+    assert re.search(r"cell2location-nf was killed \(SIGTERM\) after .*: \d+ task\(s\) finished, \d+ cached, "
+                     r"\d+ failed; rerun the same command with -resume", last), console[-2000:]
+    assert "see the error above" not in console
 
 
 @pytest.fixture(scope="module")
