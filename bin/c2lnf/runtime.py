@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import shutil
 import tempfile
@@ -147,6 +148,90 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+#: the oldest Linux driver (major.minor) of each CUDA release (NVIDIA's CUDA Toolkit release notes, table 3),
+#: newest first: what a driver whose nvidia-smi does not say "CUDA Version" supports
+CUDA_OF_DRIVER = [((580, 65), "13.0"), ((575, 51), "12.9"), ((570, 26), "12.8"), ((560, 28), "12.6"),
+                  ((555, 42), "12.5"), ((550, 54), "12.4"), ((545, 23), "12.3"), ((535, 54), "12.2"),
+                  ((530, 30), "12.1"), ((525, 60), "12.0"), ((520, 61), "11.8")]
+#: the oldest driver that runs a torch built for CUDA <major>.x (minor version compatibility: any 12.x build
+#: runs on a CUDA 12.0 driver, any 13.x build on a 13.0 one)
+DRIVER_FOR_CUDA_MAJOR = {13: "580.65", 12: "525.60", 11: "450.80"}
+#: what to run instead, per CUDA major version of the build that would work (docs/usage.md, "NVIDIA drivers")
+BUILD_FOR_CUDA_MAJOR = {
+    13: "the default build (image tag without a suffix; `make setup` for -profile local)",
+    12: "the CUDA 12 build (-profile cu12 with docker/podman/singularity/apptainer/conda, "
+        "or `make setup CUDA=12` for -profile local)",
+}
+
+
+#: the kernel module's version file: there even where nvidia-smi is not (e.g. inside a container without it)
+NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def nvidia_driver() -> tuple[str, str | None] | None:
+    """This node's NVIDIA driver as (version, highest CUDA it supports), or None where there is none.
+
+    From `nvidia-smi` (its header says both), else from /proc/driver/nvidia/version (the kernel module's version;
+    the CUDA version is then looked up in CUDA_OF_DRIVER). Never raises.
+    """
+    import subprocess
+
+    text = ""
+    exe = shutil.which("nvidia-smi")
+    if exe:
+        try:
+            text = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+    driver = re.search(r"Driver Version:\s*(\d+(?:\.\d+)+)", text)
+    cuda = re.search(r"CUDA Version:\s*(\d+\.\d+)", text)
+    if driver:
+        return driver.group(1), cuda.group(1) if cuda else cuda_of_driver(driver.group(1))
+    try:
+        proc = NVIDIA_PROC_VERSION.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", proc)
+    if not found:
+        return None
+    return found.group(1), cuda_of_driver(found.group(1))
+
+
+def cuda_of_driver(driver: str) -> str | None:
+    """The newest CUDA release that `driver` supports (None: older than every release in CUDA_OF_DRIVER)."""
+    have = _version_tuple(driver)[:2]
+    return next((cuda for oldest, cuda in CUDA_OF_DRIVER if have >= oldest), None)
+
+
+def explain_no_gpu(torch_version: str, torch_cuda: str | None, driver: tuple[str, str | None] | None) -> str | None:
+    """Why torch sees no GPU on a node with an NVIDIA driver, and what to run instead (one sentence); None when
+    the node has no driver (a CPU node: nothing to explain)."""
+    if driver is None:
+        return None
+    version, supports = driver
+    has = f"this node's NVIDIA driver {version}" + (f" (CUDA <= {supports})" if supports else "")
+    if not torch_cuda:
+        return (f"{has} is present, but this torch ({torch_version}) is a CPU-only build: use the pipeline's "
+                f"image or environment ({BUILD_FOR_CUDA_MAJOR[13]})")
+    major = _version_tuple(torch_cuda)[0]
+    needs = DRIVER_FOR_CUDA_MAJOR.get(major)
+    if needs and _version_tuple(version)[:2] < _version_tuple(needs)[:2]:
+        usable = [m for m in sorted(BUILD_FOR_CUDA_MAJOR, reverse=True)
+                  if _version_tuple(version)[:2] >= _version_tuple(DRIVER_FOR_CUDA_MAJOR[m])[:2]]
+        instead = (f"use {BUILD_FOR_CUDA_MAJOR[usable[0]]}" if usable else
+                   f"no build of the pipeline runs on it: ask for driver >= {DRIVER_FOR_CUDA_MAJOR[12]} (CUDA 12) "
+                   f"or >= {DRIVER_FOR_CUDA_MAJOR[13]} (CUDA 13)")
+        return (f"{has} is too old for this torch ({torch_version}, built for CUDA {torch_cuda}: needs driver "
+                f">= {needs}); {instead}")
+    return (f"{has} suits this torch ({torch_version}, CUDA {torch_cuda}), but the task was given no GPU device "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run with -profile gpu "
+            "(it adds the engine's GPU option and, on SLURM, the --gres request)")
+
+
 def resolve_device(device: str, require_gpu: bool = False) -> tuple[str, str]:
     """Turn `auto|cpu|cuda` into (accelerator, description); fall back to CPU with one warning.
 
@@ -166,15 +251,20 @@ def resolve_device(device: str, require_gpu: bool = False) -> tuple[str, str]:
         return "cpu", "cpu"
     has_cuda = torch.cuda.is_available()
     if not has_cuda:
+        # a node with an NVIDIA driver: say why torch cannot use it (too old for this build, no device given)
+        why = explain_no_gpu(torch.__version__, torch.version.cuda, nvidia_driver())
         if require_gpu:
             from .errors import C2LError
 
             raise C2LError(
+                "a GPU was required (--require-gpu) but torch sees no CUDA device: " + why if why else
                 "a GPU was required (--require-gpu) but torch sees no CUDA device "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
                 field="device",
             )
-        if device == "cuda":
+        if why:
+            LOG.warning("no usable GPU: %s; training on the CPU instead", why)
+        elif device == "cuda":
             LOG.warning("a GPU was requested but torch sees no CUDA device: training on the CPU instead")
         return "cpu", "cpu"
     name = torch.cuda.get_device_name(0)
