@@ -1,27 +1,45 @@
 # cell2location-nf: local environment, demo run, tests.
 #
 #   make setup   .venv/ (Python 3.11, exactly requirements.lock, installed with uv) + .venv/bin/nextflow
+#                (CUDA=12: requirements-cu12.lock, torch 2.10.0 for NVIDIA drivers >= 525, in .venv-cu12/)
+#   make lock    requirements.lock and requirements-cu12.lock from requirements.in (uv pip compile)
 #   make demo    the pipeline on a HER2+ breast tumour section (-profile demo,local; ~5 min, 2 cores) -> results/
 #   make demo-lymph-node  the pipeline on the lymph node test set (-profile test,local: what CI runs) -> results/
 #   make test    pytest (tests/), with .venv/bin first on PATH
 #   make bench   benchmarks/run.py
 #   make lint    Nextflow's strict parser over every .nf/.config (nf-lang 25.04.0; file:line:col per error), then
 #                hadolint containers/Dockerfile and shellcheck of the scripts when installed
-#   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh)
+#   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh);
+#                CUDA=12: the CUDA 12 variant from requirements-cu12.lock, tagged <version>-cu12
+#   make test-slurm  the scheduler tests (tests/test_slurm.py) on a one-node SLURM cluster (.ci/slurm.sh)
+#   make test-cu12   the test profile in the CUDA 12 environment (.venv-cu12), compared with the default one's
 #   make test-image  the test profile inside the image (-profile test,podman) and locally, outputs compared
 #   make sif     sif/cell2location-nf_<version>.sif from the image (singularity-ce in a privileged podman container)
 #   make test-sif    the test profile with that SIF (-profile test,singularity), compared with the local run
 #   make gpu-wheels  .whl/: the Python 3.12 wheels benchmarks/gpu_check.sh installs on the GPU machine
 #   make clean   work/, .nextflow*, results/ (keeps .venv/)
 #
-# Variables: TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV,
+# Variables: CUDA (13 or 12), TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV,
 #   IMAGE, BASE_IMAGE, IMAGE_OUTDIR, IMAGE_RTOL, SIF.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
-VENV := .venv
+# CUDA=13 (default): requirements.lock, torch 2.13.0 built for CUDA 13 (NVIDIA driver >= 580).
+# CUDA=12: requirements-cu12.lock, torch 2.10.0 built for CUDA 12.8 (driver >= 525), in its own .venv-cu12/.
+CUDA ?= 13
+ifeq ($(CUDA),13)
+LOCK := requirements.lock
+CUDA_SUFFIX :=
+VENV ?= .venv
+else ifeq ($(CUDA),12)
+LOCK := requirements-cu12.lock
+CUDA_SUFFIX := -cu12
+VENV ?= .venv-cu12
+else
+$(error CUDA=$(CUDA): must be 13 (default) or 12)
+endif
 VENV_BIN := $(CURDIR)/$(VENV)/bin
 # Run things with the project's environment first on PATH (python3, c2l's interpreter, nextflow).
 RUN_ENV := PATH="$(VENV_BIN):$$PATH"
@@ -46,7 +64,7 @@ UV_TLS := UV_SYSTEM_CERTS=$${UV_SYSTEM_CERTS:-1} UV_NATIVE_TLS=$${UV_NATIVE_TLS:
 # The lock's digest names the stamp, so a changed requirements.lock re-syncs and nothing else does. Bytecode is
 # compiled at install: this environment (and many CI runners) set PYTHONDONTWRITEBYTECODE, and without .pyc files
 # every task recompiles torch, scvi-tools and scanpy from source (import cell2location: 17 s -> 7 s on 2 cores).
-LOCK_SHA := $(shell (sha256sum requirements.lock 2>/dev/null || shasum -a 256 requirements.lock) | cut -c1-16)
+LOCK_SHA := $(shell (sha256sum $(LOCK) 2>/dev/null || shasum -a 256 $(LOCK)) | cut -c1-16)
 LOCK_STAMP := $(VENV)/.lock-$(LOCK_SHA)-bytecode
 
 TESTDATA ?= ../shared/testdata
@@ -56,7 +74,7 @@ NXF_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo demo-her2st demo-lymph-node test bench lint clean gpu-wheels image test-image sif test-sif
+.PHONY: help setup lock demo demo-her2st demo-lymph-node test test-slurm test-cu12 bench lint clean gpu-wheels image test-image sif test-sif
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -73,12 +91,22 @@ $(UV_BOOTSTRAP): | $(VENV)/bin/python
 	"$(PYTHON)" -m venv $(VENV)/uv-bootstrap
 	$(VENV)/uv-bootstrap/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(LOCK_STAMP): requirements.lock | $(VENV)/bin/python $(UV_DEP)
+$(LOCK_STAMP): $(LOCK) | $(VENV)/bin/python $(UV_DEP)
 	@$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 	  || { echo "setup: ERROR: $(VENV) is not a Python 3.11 environment; remove it (rm -rf $(VENV)) and run make setup again" >&2; exit 1; }
 	rm -f $(VENV)/.lock-*
-	$(UV_TLS) "$(UV)" pip sync --compile-bytecode --python $(VENV)/bin/python requirements.lock
+	$(UV_TLS) "$(UV)" pip sync --compile-bytecode --python $(VENV)/bin/python $(LOCK)
 	touch $@
+
+# Both locks from requirements.in. The CUDA 12 lock starts from requirements.lock's pins (uv keeps the versions
+# of an existing output file where they resolve), so it differs only in torch and what torch pulls in.
+UV_COMPILE = $(UV_TLS) "$(UV)" pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28
+lock: | $(UV_DEP)
+	$(UV_COMPILE) requirements.in -o requirements.lock
+	cp requirements.lock requirements-cu12.lock
+	$(UV_COMPILE) requirements-cu12.in --override requirements-cu12.overrides -o requirements-cu12.lock
+	@sed -i '2s|.*|#    make lock (uv pip compile requirements-cu12.in --override requirements-cu12.overrides, from requirements.lock)|' requirements-cu12.lock
+	@diff <(grep -v '^ *#' requirements.lock) <(grep -v '^ *#' requirements-cu12.lock) | grep '^[<>]' || true
 
 $(VENV)/bin/nextflow: assets/nextflow/pom.xml assets/nextflow/install.sh | $(VENV)/bin/python
 	bash assets/nextflow/install.sh $(VENV)
@@ -139,7 +167,7 @@ demo: setup
 # IMAGE defaults to the name conf/base.config gives every step, so -profile podman runs the image built here.
 # podman/buildah read containers/containers.conf (runc, ulimits): see the file for why.
 PIPELINE_VERSION := $(shell sed -n "s/^ *version *= *'\([^']*\)'.*/\1/p" nextflow.config | head -1)
-IMAGE ?= ghcr.io/cell2location-nf/cell2location-nf:$(PIPELINE_VERSION)
+IMAGE ?= ghcr.io/cell2location-nf/cell2location-nf:$(PIPELINE_VERSION)$(CUDA_SUFFIX)
 IMAGE_OUTDIR ?= results_image
 # test-image: outputs of the image's run against the local run's (benchmarks/compare_outputs.py --rtol)
 IMAGE_RTOL ?= 1e-5
@@ -147,7 +175,7 @@ CONTAINERS_CONF ?= $(CURDIR)/containers/containers.conf
 IMAGE_ENV := CONTAINERS_CONF="$(CONTAINERS_CONF)"
 
 image:
-	$(IMAGE_ENV) IMAGE="$(IMAGE)" containers/build_image.sh
+	$(IMAGE_ENV) IMAGE="$(IMAGE)" CUDA="$(CUDA)" containers/build_image.sh
 
 # The test profile twice, same seed: in the image (-profile test,podman) and in .venv (-profile test,local);
 # then the two output trees must hold the same files with the same numbers (within IMAGE_RTOL). The image is
@@ -174,7 +202,7 @@ test-image: setup
 # containers/sif.sh runs singularity-ce 4.1 (Ubuntu noble) in a privileged podman container, and puts a
 # `singularity` shim first on PATH for Nextflow. test-sif compares with $(IMAGE_OUTDIR)/local (make test-image's
 # local run; made here when absent), or, with NXF_ARGS, with a local run given the same NXF_ARGS.
-SIF ?= sif/cell2location-nf_$(PIPELINE_VERSION).sif
+SIF ?= sif/cell2location-nf_$(PIPELINE_VERSION)$(CUDA_SUFFIX).sif
 
 sif:
 	$(IMAGE_ENV) IMAGE="$(IMAGE)" containers/sif.sh build "$(SIF)"

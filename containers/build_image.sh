@@ -3,7 +3,10 @@
 #
 #   containers/build_image.sh                 # variables below, all optional
 #
-#   IMAGE        tag to build (default: the image conf/base.config names, so -profile podman runs it as is)
+#   CUDA         13 (default: requirements.lock, torch 2.13.0 for NVIDIA drivers >= 580) or 12
+#                (requirements-cu12.lock, torch 2.10.0 for drivers >= 525; the tag gets the suffix -cu12)
+#   IMAGE        tag to build (default: the image conf/base.config names, or with CUDA=12 the one -profile cu12
+#                names, so -profile podman[,cu12] runs it as is)
 #   BASE_IMAGE   the recipe's base (default docker.io/library/debian:bookworm-slim). When it is the default and
 #                no registry answers, a local Debian bookworm base is made with debootstrap
 #                (containers/local_base.sh) and used instead: LOCAL_BASE names it.
@@ -21,7 +24,12 @@ die() { echo "image: ERROR: $*" >&2; exit 1; }
 
 version=$(sed -n "s/^ *version *= *'\([^']*\)'.*/\1/p" nextflow.config | head -1)
 [[ -n $version ]] || die "manifest.version not found in nextflow.config"
-IMAGE=${IMAGE:-ghcr.io/cell2location-nf/cell2location-nf:$version}
+case ${CUDA:-13} in
+  13) lock=requirements.lock; suffix=; torch_build="torch 2.13.0 (CUDA 13)" ;;
+  12) lock=requirements-cu12.lock; suffix=-cu12; torch_build="torch 2.10.0 (CUDA 12.8)" ;;
+  *) die "CUDA=$CUDA: must be 13 (default) or 12" ;;
+esac
+IMAGE=${IMAGE:-ghcr.io/cell2location-nf/cell2location-nf:$version$suffix}
 DEFAULT_BASE=docker.io/library/debian:bookworm-slim
 BASE_IMAGE=${BASE_IMAGE:-$DEFAULT_BASE}
 LOCAL_BASE=${LOCAL_BASE:-localhost/debian:bookworm-slim-local}
@@ -67,12 +75,12 @@ else
 fi
 
 # ---- the build ---------------------------------------------------------------------------------------------
-lock_sha=$(sha256sum requirements.lock | cut -d' ' -f1)
+lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 uv_cache=${UV_CACHE:-${UV_CACHE_DIR:-$HOME/.cache/uv}}
 mkdir -p "$uv_cache"
 args=(--format docker --layers
       -f containers/Dockerfile --ignorefile containers/Dockerfile.dockerignore
-      --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" --build-arg "LOCK_SHA256=$lock_sha"
+      --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" --build-arg "LOCK=$lock" --build-arg "LOCK_SHA256=$lock_sha" --build-arg "TORCH_BUILD=$torch_build"
       --build-arg UV_CACHE_DIR=/var/cache/uv-host --volume "$uv_cache:/var/cache/uv-host"
       -t "$IMAGE")
 [[ ${NO_CACHE:-0} == 1 ]] && args+=(--no-cache)
@@ -81,4 +89,4 @@ start=$SECONDS
 "${build[@]}" "${args[@]}" .
 t=$((SECONDS - start))
 size=$("$engine" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')
-log "built $IMAGE on $base in $((t / 60))m$((t % 60))s; size $size (lock sha256 ${lock_sha:0:16})"
+log "built $IMAGE on $base in $((t / 60))m$((t % 60))s; size $size ($lock sha256 ${lock_sha:0:16})"

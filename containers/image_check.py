@@ -68,8 +68,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("image")
     ap.add_argument("--engine", default="podman")
+    ap.add_argument("--lock", type=Path, default=None,
+                    help="the lock the image was built from (default: requirements-cu12.lock for a -cu12 tag, "
+                         "else requirements.lock)")
     a = ap.parse_args()
-    lock = parse_pins(LOCK.read_text())
+    lock_path = a.lock or (REPO / "requirements-cu12.lock" if a.image.endswith("-cu12") else LOCK)
+    lock = parse_pins(lock_path.read_text())
     installed = parse_pins(run_in_image(a.engine, a.image, "python", "-c", FREEZE))
     versions_text = run_in_image(a.engine, a.image, "c2l", "versions")
     print(versions_text, end="")

@@ -24,6 +24,7 @@ DOCKERFILE = CONTAINERS / "Dockerfile"
 SIF_FROM_DOCKER = CONTAINERS / "Singularity.def"
 SIF_FROM_LOCK = CONTAINERS / "cell2location-nf.def"
 ENV_YML = CONTAINERS / "environment.yml"
+LOCKS = {"requirements.lock", "requirements-cu12.lock"}
 LOCK = REPO / "requirements.lock"
 MODULES = sorted((REPO / "modules" / "local").glob("*/main.nf"))
 
@@ -40,10 +41,10 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins() -> dict[str, str]:
-    """{canonical name: version} of every package in requirements.lock."""
+def lock_pins(lock: Path | None = None) -> dict[str, str]:
+    """{canonical name: version} of every package in requirements.lock (or `lock`)."""
     pins = {}
-    for line in LOCK.read_text().splitlines():
+    for line in (lock or LOCK).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -126,11 +127,11 @@ def assert_no_foreign_pins(name: str, text: str) -> None:
         hit = pattern.search(code)
         assert not hit, f"{name} pins {pkg} itself ({hit.group(0)!r}); versions come from requirements.lock only"
     others = {m.group(0) for m in re.finditer(r"[\w./-]*requirements[\w.-]*\.(?:txt|in|lock)\b", code)}
-    assert {Path(o).name for o in others} <= {"requirements.lock"}, f"{name} refers to other requirement files: {others}"
+    assert {Path(o).name for o in others} <= LOCKS, f"{name} refers to other requirement files: {others}"
     for line in code.splitlines():
         if re.search(r"\bpip\b|\buv\b", line):
             for m in re.finditer(r"(?:^|\s)(?:-r|--requirement|-c|--constraint)\s+(\S+)", line):
-                assert Path(m.group(1)).name == "requirements.lock", f"{name} installs from {m.group(1)}"
+                assert Path(m.group(1)).name in LOCKS, f"{name} installs from {m.group(1)}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,14 +191,19 @@ def test_dockerfile_installs_exactly_the_lock():
     args = dockerfile_args(text)
     assert args["UV_VERSION"] == makefile_uv_version(), "Dockerfile UV_VERSION != Makefile UV_VERSION"
     sync = sync_step(text)
-    mount = re.search(r"--mount=type=bind,source=requirements\.lock,target=(\S+)", sync)
-    assert mount, "the lock must be bind-mounted into the sync step (source=requirements.lock)"
-    target = mount.group(1)
+    # both locks are bind-mounted into one folder; the LOCK build argument picks the one installed
+    mounts = dict(re.findall(r"--mount=type=bind,source=(requirements[\w-]*\.lock),target=(\S+)", sync))
+    assert set(mounts) == LOCKS, f"both locks must be bind-mounted into the sync step: {sync}"
+    assert {str(Path(t).parent) for t in mounts.values()} == {"/tmp/locks"}
+    assert all(Path(t).name == name for name, t in mounts.items())
+    target = '"/tmp/locks/${LOCK}"'
     assert sync.rstrip().endswith(target), f"`uv pip sync` must install {target} and nothing else: {sync}"
+    assert args["LOCK"] == "requirements.lock"
+    assert "case \"${LOCK}\" in requirements.lock|requirements-cu12.lock) ;;" in sync
     assert "--python /opt/venv/bin/python" in sync
     # the step's layer is keyed on the lock's digest (buildah 1.28 does not hash bind mounts): LOCK_SHA256 is
     # an ARG used in the step, checked against the mounted file
-    assert "LOCK_SHA256" in args and f'echo "${{LOCK_SHA256}}  {target}" | sha256sum --check' in sync
+    assert "LOCK_SHA256" in args and 'echo "${LOCK_SHA256}  /tmp/locks/${LOCK}" | sha256sum --check' in sync
     # Python 3.11 is Debian's, and uv never downloads one
     assert re.search(r"uv venv --python /usr/bin/python3\.11 /opt/venv", " ".join(runs))
     assert env_of(build).get("UV_PYTHON_DOWNLOADS") == "never"
@@ -211,12 +217,12 @@ def test_dockerfile_installs_exactly_the_lock():
 def run_digest_check(tmp_path: Path, lock_sha: str) -> subprocess.CompletedProcess:
     """The sync step's digest check, run by bash on a copy of the lock at the mount target's place."""
     sync = sync_step(DOCKERFILE.read_text())
-    target = re.search(r"target=(/tmp/requirements\.lock)", sync).group(1)
     check = re.search(r"(if \[ -n \"\$\{LOCK_SHA256\}\" \]; then .*?; fi)", sync).group(1)
-    copy = tmp_path / "requirements.lock"
-    shutil.copy(LOCK, copy)
-    return subprocess.run(["bash", "-o", "pipefail", "-c", check.replace(target, str(copy))],
-                          env={**os.environ, "LOCK_SHA256": lock_sha}, capture_output=True, text=True, timeout=30)
+    (tmp_path / "locks").mkdir(exist_ok=True)
+    shutil.copy(LOCK, tmp_path / "locks" / "requirements.lock")
+    return subprocess.run(["bash", "-o", "pipefail", "-c", check.replace("/tmp/locks/", f"{tmp_path}/locks/")],
+                          env={**os.environ, "LOCK_SHA256": lock_sha, "LOCK": "requirements.lock"},
+                          capture_output=True, text=True, timeout=30)
 
 
 def test_dockerfile_lock_digest_check_bites(tmp_path):
@@ -284,8 +290,12 @@ def test_build_script_passes_what_the_recipe_needs():
     # every ARG it passes exists in the Dockerfile; the lock digest is computed from the lock itself
     docker_args = dockerfile_args(DOCKERFILE.read_text()) | {"BASE_IMAGE": ""}
     passed = set(re.findall(r"--build-arg \"?(\w+)=", code))
-    assert {"BASE_IMAGE", "LOCK_SHA256", "UV_CACHE_DIR", "VERSION"} <= passed <= set(docker_args), passed
-    assert re.search(r"lock_sha=\$\(sha256sum requirements\.lock", code)
+    assert {"BASE_IMAGE", "LOCK", "LOCK_SHA256", "UV_CACHE_DIR", "VERSION"} <= passed <= set(docker_args), passed
+    assert re.search(r'lock_sha=\$\(sha256sum "\$lock"', code)
+    # CUDA=13 (default) installs requirements.lock into the plain tag, CUDA=12 requirements-cu12.lock into -cu12
+    assert re.search(r"^  13\) lock=requirements\.lock; suffix=;", code, re.M)
+    assert re.search(r"^  12\) lock=requirements-cu12\.lock; suffix=-cu12;", code, re.M)
+    assert '"LOCK=$lock"' in code
     assert '"LOCK_SHA256=$lock_sha"' in code
     # the host's uv cache is mounted where UV_CACHE_DIR points, so wheels are never downloaded twice
     cache_target = re.search(r"--build-arg UV_CACHE_DIR=(\S+)", code).group(1)
@@ -544,4 +554,45 @@ def test_docs_name_the_same_image():
     readme = (CONTAINERS / "README.md").read_text()
     named = set(re.findall(r"ghcr\.io/cell2location-nf/cell2location-nf:[\w.-]+", readme))
     named |= set(re.findall(r"ghcr\.io/cell2location-nf/cell2location-nf:[\w.-]+", DOCKERFILE.read_text()))
-    assert named == {f"{IMAGE_REPO}:{version}"}, named
+    assert named <= {f"{IMAGE_REPO}:{version}", f"{IMAGE_REPO}:{version}-cu12"}, named
+    assert f"{IMAGE_REPO}:{version}" in named
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CUDA 12 build: requirements-cu12.lock, environment-cu12.yml, -profile cu12
+# ---------------------------------------------------------------------------------------------------------
+LOCK_CU12 = REPO / "requirements-cu12.lock"
+ENV_CU12 = CONTAINERS / "environment-cu12.yml"
+
+
+def test_cu12_lock_differs_from_the_lock_only_in_torch_and_its_cuda_libraries():
+    main, cu12 = lock_pins(), lock_pins(LOCK_CU12)
+    assert cu12["torch"] == "2.10.0" and main["torch"] != "2.10.0"
+    assert cu12["nvidia-cuda-runtime-cu12"].startswith("12.8.")
+    assert not [name for name in cu12 if name.startswith("nvidia-") and not name.endswith("-cu12")], cu12
+    changed = {name for name in set(main) | set(cu12) if main.get(name) != cu12.get(name)}
+    allowed = re.compile(r"^(torch|triton|cuda-bindings|cuda-toolkit|cuda-pathfinder|nvidia-.*)$")
+    assert all(allowed.match(name) for name in changed), sorted(n for n in changed if not allowed.match(n))
+
+
+def test_environment_cu12_yml_is_environment_yml_with_the_cu12_lock():
+    env = yaml.safe_load(ENV_CU12.read_text())
+    main = yaml.safe_load(ENV_YML.read_text())
+    assert env["channels"] == main["channels"]
+    assert [d for d in env["dependencies"] if isinstance(d, str)] == [d for d in main["dependencies"] if isinstance(d, str)]
+    assert [d["pip"] for d in env["dependencies"] if isinstance(d, dict)] == [["-r ../requirements-cu12.lock"]]
+    digest = hashlib.sha256(LOCK_CU12.read_bytes()).hexdigest()
+    m = re.search(r"^# requirements-cu12\.lock sha256: ([0-9a-f]{64})$", ENV_CU12.read_text(), re.M)
+    assert m and m.group(1) == digest, f"set the line in {ENV_CU12.name} to\n# requirements-cu12.lock sha256: {digest}"
+
+
+def test_cu12_profile_names_the_cu12_image_and_environment():
+    config = (REPO / "nextflow.config").read_text()
+    block = config[config.index("    cu12 {"):]
+    block = block[:block.index("\n    }\n")]
+    version = manifest_version()
+    assert f"'docker://{IMAGE_REPO}:{version}-cu12'" in block and f"'{IMAGE_REPO}:{version}-cu12'" in block
+    assert 'process.conda           = "${projectDir}/containers/environment-cu12.yml"' in block
+    # declared after every engine profile, so that -profile conda,cu12 / singularity,cu12 take its values
+    assert config.index("    cu12 {") > max(config.index(f"    {engine} {{") for engine in
+                                                  ("conda", "mamba", "docker", "podman", "singularity", "apptainer"))
