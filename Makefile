@@ -233,6 +233,35 @@ test: setup
 	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }
 
+# The scheduler tests alone (tests/test_slurm.py: the pipeline on a one-node SLURM cluster, tests/test_nf_resources.py:
+# what sbatch is asked for), after installing slurm-wlm + munge from Debian's packages when missing (root + apt-get).
+test-slurm: setup
+	.ci/slurm.sh install
+	@echo "+ python -m pytest tests/test_slurm.py tests/test_nf_resources.py $(PYTEST_ARGS)"
+	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests/test_slurm.py tests/test_nf_resources.py $(PYTEST_ARGS)
+
+# The test profile in the CUDA 12 environment (.venv-cu12, requirements-cu12.lock) and in the default one
+# (.venv), same seed, on the CPU; then the two output trees compared (within CU12_RTOL: torch 2.10 and 2.13 may
+# round differently). Outputs in $(IMAGE_OUTDIR)/cu12 and $(IMAGE_OUTDIR)/local_cu13.
+CU12_RTOL ?= 1e-3
+test-cu12:
+	$(MAKE) setup CUDA=12
+	$(MAKE) setup CUDA=13
+	@$(RESOLVE_TESTDATA); \
+	out="$(abspath $(IMAGE_OUTDIR))"; mkdir -p "$$out"; \
+	for venv in .venv-cu12 .venv; do \
+	  dest=cu12; [ $$venv = .venv ] && dest=local_cu13; rm -rf "$$out/$$dest" "$$out/work_$$dest"; \
+	  echo "+ ($$venv) nextflow run main.nf -profile test,local --testdata $$testdata --outdir $$out/$$dest -w $$out/work_$$dest $(NXF_ARGS)"; \
+	  ( cd "$$out" && PATH="$(CURDIR)/$$venv/bin:$$PATH" NXF_ANSI_LOG=false $(CURDIR)/$$venv/bin/nextflow run "$(CURDIR)/main.nf" -profile test,local \
+	      --testdata "$$testdata" --outdir "$$out/$$dest" -w "$$out/work_$$dest" $(NXF_ARGS) ) \
+	    || { echo "test-cu12: ERROR: the test profile failed in $$venv (log: $$out/.nextflow.log)" >&2; exit 1; }; \
+	done; \
+	grep -h "torch" "$$out/cu12/pipeline_info/software_versions.yml" | sort -u | head -3; \
+	echo "+ benchmarks/compare_outputs.py $$out/local_cu13 $$out/cu12 --rtol $(CU12_RTOL)"; \
+	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local_cu13" "$$out/cu12" --rtol $(CU12_RTOL) \
+	  || { echo "test-cu12: ERROR: the CUDA 12 environment's outputs differ from the default one's (above)" >&2; exit 1; }; \
+	echo "test-cu12: OK: the test profile in .venv-cu12 (torch 2.10.0, CUDA 12 build) gives the default environment's outputs ($$out/)"
+
 bench: setup
 	$(RUN_ENV) $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
