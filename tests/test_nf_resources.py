@@ -178,3 +178,13 @@ def test_gpu_max_forks_reaches_the_training_steps(fake_slurm, tmp_path, where):
     seen = run(fake_slurm, tmp_path, *args)
     assert seen["GPU_STEP"]["maxForks"] == "4"
     assert seen["BIG_STEP"]["maxForks"] == "null"
+
+
+@pytest.mark.parametrize("name, value", [("max_memory", "lots"), ("max_time", "2 weeks"), ("gpu_request", "mig")])
+def test_bad_resource_parameter_is_one_clear_error(tmp_path, name, value):
+    from nf_helpers import run_nf
+
+    run = run_nf(tmp_path, f"--{name}", value, "-stub", timeout=300)
+    assert run.returncode != 0
+    assert re.search(rf"--{name}: (must be one of gres, gpus, got|'{value}' is not of the form)", run.output), run.output[-3000:]
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("*/*/.command.run"))
