@@ -170,6 +170,14 @@ def kill_group(proc: subprocess.Popen, grace: float = 30) -> int:
         return proc.wait(timeout=30)
 
 
+def last_pipeline_line(console: str) -> str:
+    """The console's last line written by the pipeline: Nextflow's own footer after it (the `-- Check
+    '.nextflow.log' file for details` of an error, `WARN: Killing running tasks (N)` of a stopped run) left out."""
+    lines = [line for line in console.splitlines() if line.strip()
+             and not line.strip().startswith(("-- Check '.nextflow.log'", "WARN: Killing running tasks"))]
+    return lines[-1] if lines else ""
+
+
 def wait_for(predicate, timeout: float, interval: float = 2.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

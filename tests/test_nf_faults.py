@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from nf_helpers import (TINY, assert_ok, data_error_run, kill_group, needs_testdata, real_run, run_nf, start_nf,
-                        wait_for, with_param)
+from nf_helpers import (TINY, assert_ok, data_error_run, kill_group, last_pipeline_line, needs_testdata, real_run,
+                        run_nf, start_nf, wait_for, with_param)
 
 pytestmark = needs_testdata
 
@@ -63,7 +63,7 @@ def test_killed_while_mapping_leaves_no_mapping_output(killed):
     console = (base.launch / "background.stdout").read_text()
     assert "Join mismatch" not in console
     # ... and its last line says that it was killed, by which signal, and what had finished
-    last = [line for line in console.splitlines() if line.strip()][-1]
+    last = last_pipeline_line(console)
     assert re.search(r"cell2location-nf was killed \(SIGTERM\) after .*: \d+ task\(s\) finished, \d+ cached, "
                      r"\d+ failed; rerun the same command with -resume", last), console[-2000:]
     assert "see the error above" not in console

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from nf_helpers import (REPO, TINY, assert_ok, kill_group, needs_testdata, real_run, run_nf, start_nf, stub_run,
-                        wait_for, with_param)
+from nf_helpers import (REPO, TINY, assert_ok, kill_group, last_pipeline_line, needs_testdata, real_run, run_nf,
+                        start_nf, stub_run, wait_for, with_param)
 
 pytestmark = needs_testdata
 
@@ -208,7 +208,7 @@ def test_killed_run_names_the_signal_and_leaves_no_job(killed_slurm, cluster):
     launch, task, code, _ = killed_slurm
     assert code != 0
     console = (launch / "background.stdout").read_text()
-    last = [line for line in console.splitlines() if line.strip()][-1]
+    last = last_pipeline_line(console)
     assert "cell2location-nf was killed (SIGTERM)" in last, console[-3000:]
     assert re.search(r"\d+ task\(s\) finished", last), last
     wait_for(lambda: not cluster.squeue(), timeout=60, interval=2, what="an empty squeue")
