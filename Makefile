@@ -273,7 +273,7 @@ lint:
 	@if [ ! -f containers/Dockerfile ]; then echo "lint: no containers/Dockerfile" >&2; \
 	elif command -v hadolint >/dev/null 2>&1; then echo "+ hadolint --config containers/.hadolint.yaml containers/Dockerfile"; hadolint --config containers/.hadolint.yaml containers/Dockerfile; \
 	else echo "lint: hadolint not on PATH; containers/Dockerfile not checked" >&2; fi
-	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh"; shellcheck .ci/run assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh; \
+	@if command -v shellcheck >/dev/null 2>&1; then echo "+ shellcheck .ci/run .ci/slurm.sh assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh"; shellcheck .ci/run .ci/slurm.sh assets/nextflow/install.sh assets/nf-lang/lint.sh containers/*.sh; \
 	else echo "lint: shellcheck not on PATH; shell scripts not checked" >&2; fi
 
 clean:

@@ -28,8 +28,9 @@ install() {
     || missing+=(slurm-wlm)
   command -v munged >/dev/null 2>&1 || missing+=(munge)
   (( ${#missing[@]} )) || return 0
-  [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1 \
-    || die "missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install slurm-wlm munge) or run as root"
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    die "missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install slurm-wlm munge) or run as root"
+  fi
   echo "slurm.sh: installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -39,8 +40,9 @@ install() {
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start() {
-  command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 \
-    || die "slurm-wlm/munge not installed (run: $0 install)"
+  if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+    die "slurm-wlm/munge not installed (run: $0 install)"
+  fi
   if alive "$dir/slurmctld.pid" && alive "$dir/slurmd.pid" && alive "$dir/munged.pid"; then
     echo "slurm.sh: already running in $dir"; print_env; return 0
   fi
