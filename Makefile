@@ -1,7 +1,8 @@
 # cell2location-nf: local environment, demo run, tests.
 #
 #   make setup   .venv/ (Python 3.11, exactly requirements.lock, installed with uv) + .venv/bin/nextflow
-#                (CUDA=12: requirements-cu12.lock, torch 2.10.0 for NVIDIA drivers >= 525, in .venv-cu12/)
+#                (CUDA=12: requirements-cu12.lock instead, torch 2.10.0 for NVIDIA drivers >= 525; `make setup`
+#                switches back)
 #   make lock    requirements.lock and requirements-cu12.lock from requirements.in (uv pip compile)
 #   make demo    the pipeline on a HER2+ breast tumour section (-profile demo,local; ~5 min, 2 cores) -> results/
 #   make demo-lymph-node  the pipeline on the lymph node test set (-profile test,local: what CI runs) -> results/
@@ -27,7 +28,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 # CUDA=13 (default): requirements.lock, torch 2.13.0 built for CUDA 13 (NVIDIA driver >= 580).
-# CUDA=12: requirements-cu12.lock, torch 2.10.0 built for CUDA 12.8 (driver >= 525), in its own .venv-cu12/.
+# CUDA=12: requirements-cu12.lock, torch 2.10.0 built for CUDA 12.8 (driver >= 525), synced into the same .venv/
+# (-profile local puts .venv/bin first on every task's PATH), replacing the other build; VENV=DIR keeps both.
 CUDA ?= 13
 ifeq ($(CUDA),13)
 LOCK := requirements.lock
@@ -36,7 +38,7 @@ VENV ?= .venv
 else ifeq ($(CUDA),12)
 LOCK := requirements-cu12.lock
 CUDA_SUFFIX := -cu12
-VENV ?= .venv-cu12
+VENV ?= .venv
 else
 $(error CUDA=$(CUDA): must be 13 (default) or 12)
 endif
@@ -240,24 +242,28 @@ test-slurm: setup
 	@echo "+ python -m pytest tests/test_slurm.py tests/test_nf_resources.py $(PYTEST_ARGS)"
 	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests/test_slurm.py tests/test_nf_resources.py $(PYTEST_ARGS)
 
-# The test profile in the CUDA 12 environment (.venv-cu12, requirements-cu12.lock) and in the default one
-# (.venv), same seed, on the CPU; then the two output trees compared (within CU12_RTOL, as the image's test;
+# The test profile in the CUDA 12 environment (.venv-cu12: `make setup CUDA=12 VENV=.venv-cu12`) and in the
+# default one (.venv), same seed, on the CPU (the cu12 run's tasks get .venv-cu12/bin first on PATH through a -c
+# config, after -profile local's .venv/bin); then the two output trees compared (within CU12_RTOL, as the image's test;
 # measured 2026-12-07: 43 files, 0 differences even at 1e-5). Outputs in $(IMAGE_OUTDIR)/cu12 and
 # $(IMAGE_OUTDIR)/local_cu13.
 CU12_RTOL ?= $(IMAGE_RTOL)
 test-cu12:
-	$(MAKE) setup CUDA=12
+	$(MAKE) setup CUDA=12 VENV=.venv-cu12
 	$(MAKE) setup CUDA=13
 	@$(RESOLVE_TESTDATA); \
 	out="$(abspath $(IMAGE_OUTDIR))"; mkdir -p "$$out"; \
+	printf 'env.PATH = "%s/.venv-cu12/bin:\\$$PATH"\n' "$(CURDIR)" > "$$out/cu12.config"; printf '\n' > "$$out/cu13.config"; \
 	for venv in .venv-cu12 .venv; do \
 	  dest=cu12; [ $$venv = .venv ] && dest=local_cu13; rm -rf "$$out/$$dest" "$$out/work_$$dest"; \
-	  echo "+ ($$venv) nextflow run main.nf -profile test,local --testdata $$testdata --outdir $$out/$$dest -w $$out/work_$$dest $(NXF_ARGS)"; \
+	  cfg="$$out/$${dest#local_}.config"; \
+	  echo "+ ($$venv) nextflow run main.nf -profile test,local -c $$cfg --testdata $$testdata --outdir $$out/$$dest -w $$out/work_$$dest $(NXF_ARGS)"; \
 	  ( cd "$$out" && PATH="$(CURDIR)/$$venv/bin:$$PATH" NXF_ANSI_LOG=false $(CURDIR)/$$venv/bin/nextflow run "$(CURDIR)/main.nf" -profile test,local \
-	      --testdata "$$testdata" --outdir "$$out/$$dest" -w "$$out/work_$$dest" $(NXF_ARGS) ) \
+	      -c "$$cfg" --testdata "$$testdata" --outdir "$$out/$$dest" -w "$$out/work_$$dest" $(NXF_ARGS) ) \
 	    || { echo "test-cu12: ERROR: the test profile failed in $$venv (log: $$out/.nextflow.log)" >&2; exit 1; }; \
 	done; \
-	grep -h "torch" "$$out/cu12/pipeline_info/software_versions.yml" | sort -u | head -3; \
+	grep -q 'torch: "2.10.0"' "$$out/cu12/pipeline_info/software_versions.yml" \
+	  || { echo "test-cu12: ERROR: the cu12 run's tasks did not use torch 2.10.0 ($$out/cu12/pipeline_info/software_versions.yml)" >&2; exit 1; }; \
 	echo "+ benchmarks/compare_outputs.py $$out/local_cu13 $$out/cu12 --rtol $(CU12_RTOL)"; \
 	$(RUN_ENV) $(VENV)/bin/python benchmarks/compare_outputs.py "$$out/local_cu13" "$$out/cu12" --rtol $(CU12_RTOL) \
 	  || { echo "test-cu12: ERROR: the CUDA 12 environment's outputs differ from the default one's (above)" >&2; exit 1; }; \
