@@ -251,7 +251,10 @@ def converged_status(summary: dict) -> tuple[str, str]:
         states = [converged_status(s)[0] for s in shards.values()] or ["MISSING"]
         return worst(states), f"{sum(s == 'PASS' for s in states)}/{len(states)} shards converged"
     if kind == "converged":
-        return "PASS", f"stopped by the rule at epoch {summary.get('stopped_epoch')}"
+        text = f"stopped by the rule at epoch {summary.get('stopped_epoch')}"
+        if flat is not None and grade(flat, "elbo_flatness") != "PASS":  # the rule's window saw a plateau in noise
+            return grade(flat, "elbo_flatness"), f"{text}, but the -ELBO changed {flat:.1e} over the last 10 % of epochs"
+        return "PASS", text
     epochs = summary.get("epochs")
     if epochs is not None and int(epochs) < MIN_JUDGE_EPOCHS:  # the last 10 % of a few epochs says nothing
         return "FAIL", f"{int(epochs)} epochs: too few to call it converged ({reason or 'fixed epochs'})"
