@@ -48,7 +48,9 @@ def run_inputs(tmp_path):
         pd.DataFrame([{"sample": s, "n_spots": n, "n_genes": 2000, "n_mt_genes": 0, "total_umis": 1e6,
                        "median_umis_per_spot": 2500.0, "median_genes_per_spot": 900.0,
                        "mean_mt_fraction": 0.0}]).to_csv(sections / f"{s}.qc.csv", index=False)
-    pd.DataFrame({"gene": [f"g{i}" for i in range(10)], "kept": [True] * 7 + [False] * 3}).to_csv(
+    pd.DataFrame({"gene": [f"g{i}" for i in range(10)], "kept": [True] * 7 + [False] * 3,
+                  "marker_of": ["B", "B", "T", "T;B", "", "", "", "T", "T", "B"],
+                  "marker_rank": [1, 2, 1, 2, None, None, None, 3, 4, 4]}).to_csv(
         reference / "reference_genes.csv", index=False)
     _training(reference / "reference_training.json", stop_reason="converged: ...", flat=2e-4, r_log1p=0.9,
               extra={"cells_per_type": {"B": 30, "T": 3}, "signature_agreement": {"B": 0.95, "T": 0.85}})
@@ -112,7 +114,10 @@ def test_report_content_and_verdicts(run_inputs, tmp_path):
                          run_inputs["figures"], run_inputs["versions"], run_inputs["params"],
                          ["A1", "B1", "C1", "D9"], out)
     verdicts = {v["model"]: v for v in summary["models"]}
-    assert verdicts["reference"]["verdict"] == "PASS"
+    # markers (N_MARKERS 20 each in a real run; here B has 4 of which 3 kept, T 4 of which 2 kept): FAIL < 3
+    assert verdicts["reference"]["markers"] == "FAIL" and verdicts["reference"]["verdict"] == "FAIL"
+    assert verdicts["reference"]["cause"] == "markers" and "'T'" in verdicts["reference"]["action"]
+    assert summary["markers"]["T"]["dropped"] == "g7, g8" and summary["markers"]["B"]["kept"] == 3
     assert verdicts["reference"]["signature_r_median"] == pytest.approx(0.9)
     assert verdicts["joint"]["verdict"] == "PASS"
     assert verdicts["other"]["converged"] == "FAIL" and verdicts["other"]["reconstruction"] == "FAIL"
@@ -121,7 +126,7 @@ def test_report_content_and_verdicts(run_inputs, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"c2l_verdicts_mqc.yaml", "c2l_sections_mqc.yaml", "c2l_gene_overlap_mqc.yaml", "c2l_elbo_mqc.yaml",
             "c2l_reference_cells_mqc.yaml", "c2l_signature_agreement_mqc.yaml", "c2l_training_mqc.yaml",
-            "c2l_params_mqc.yaml", "c2l_map_A1_q05_abundance_mqc.png", "software_mqc_versions.yml",
+            "c2l_params_mqc.yaml", "c2l_map_A1_q05_abundance_mqc.png", "c2l_markers_mqc.yaml", "software_mqc_versions.yml",
             "multiqc_config.yaml", "verdicts.json"} <= names
     assert not any(p.name.startswith(".staging") for p in out.iterdir())
     import yaml
