@@ -277,12 +277,16 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
             r = min(vals) if vals else None
         else:
             r = recon.get("pearson_r_log1p")
+        ceiling = recon.get("pearson_r_log1p_poisson_ceiling")
         row = {"model": run["name"], "kind": run["kind"], "converged": conv, "convergence": conv_text,
                "reconstruction_r_log1p": r, "reconstruction": grade(r, "reconstruction_r_log1p")}
         kind = "ref" if run["kind"] == "reference" else "map"
+        if ceiling is not None:
+            row["reconstruction_ceiling"] = ceiling
         texts = {"converged": f"not converged ({conv_text})",
                  "reconstruction": "reconstruction r " + ("missing" if r is None else
-                                                          f"{r:.3f} < {THRESHOLDS['reconstruction_r_log1p']['pass']}")}
+                                                          f"{r:.3f} < {THRESHOLDS['reconstruction_r_log1p']['pass']}")
+                 + (f" (Poisson noise alone caps it at {ceiling:.3f})" if ceiling is not None else "")}
         if run["kind"] == "reference":
             sr = [v for v in (ref.get("signature_r") or {}).values() if v == v]
             med = float(np.median(sr)) if sr else None
@@ -403,6 +407,9 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
         "reconstruction_r_log1p": {"title": "Reconstruction r", "format": "{:,.3f}", "min": 0, "max": 1,
                                    "description": "Pearson r of log1p(observed) vs log1p(expected counts); PASS >= "
                                    f"{THRESHOLDS['reconstruction_r_log1p']['pass']}, WARN >= {THRESHOLDS['reconstruction_r_log1p']['warn']}"},
+        "reconstruction_ceiling": {"title": "Reconstruction r ceiling", "format": "{:,.3f}", "min": 0, "max": 1,
+                                   "description": "the r of Poisson draws from the expected counts against them: "
+                                   "what a model that knew them exactly would reach (sparse cells cap it)"},
         "reconstruction": {"title": "Reconstruction"},
         "signature_r_median": {"title": "Signature r", "format": "{:,.3f}", "min": 0, "max": 1,
                                "description": "median over types of r(log1p signature, log1p per-type mean); PASS >= "
