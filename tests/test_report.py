@@ -290,3 +290,16 @@ def test_console_line_names_the_check_that_caused_the_verdict(tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
     assert "is WARN (reconstruction)" in line and "0.600 < 0.7" in line and "--labels_key" in line
     assert "stopped by the rule" not in line
+
+
+def test_labels_that_are_the_batches_are_refused(tmp_path):
+    """A broken run on purpose: the batch column given as labels_key (the hippocampus reference's `sample` as both
+    labels and batch) is refused by the filter step, naming the field, before any training."""
+    from conftest import HIPPOCAMPUS, invoke, require
+
+    require(HIPPOCAMPUS)
+    result = invoke("filter-reference", "--reference", HIPPOCAMPUS / "reference.h5ad", "--labels-key", "sample",
+                    "--batch-key", "sample", "--outdir", tmp_path / "out", expect=None)
+    assert result.exit_code != 0
+    assert "field 'labels_key'" in result.output and "group the cells the same way" in result.output
+    assert not (tmp_path / "out" / "reference_filtered.h5ad").exists()

@@ -54,6 +54,12 @@ def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) ->
                     "the cells; is it really a batch?", key, field, levels, n)
 
 
+def same_partition(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two columns group the cells identically (one value of `a` per value of `b` and back)."""
+    pairs = pd.DataFrame({"a": a.astype(str).to_numpy(), "b": b.astype(str).to_numpy()}).drop_duplicates()
+    return bool(len(pairs) == pairs["a"].nunique() == pairs["b"].nunique())
+
+
 def symbols_column(adata: ad.AnnData) -> pd.Series | None:
     """Gene symbols kept in a var column beside Ensembl var_names (CELLxGENE: feature_name), or None."""
     for col in ("SYMBOL", "feature_name", "gene_symbols", "gene_symbol", "gene_name", "symbol"):
@@ -91,6 +97,10 @@ def load_reference(
         check_labels(adata.obs[key], key, field)
         if field != "labels_key":
             check_batches(adata.obs[key], key, field, warn)
+    if batch_key is not None and same_partition(adata.obs[labels_key], adata.obs[batch_key]):
+        raise C2LError(f"columns '{labels_key}' (labels_key) and '{batch_key}' (batch_key) group the cells the same way: "
+                       "the labels would be the batches, not cell types; name the cell-type column", REFERENCE,
+                       "labels_key")
     source = adata
     adata = select_counts(adata, layer, REFERENCE, "reference_layer")
     where = "reference (counts)" if not layer else f"reference ({'.raw' if layer == 'raw' else f'layer {layer}'})"
