@@ -44,6 +44,11 @@ THRESHOLDS = {
     # measured 0.73 (test profile reference), 0.75 - 0.86 (simulation bar runs), 0.91 (400 mapping epochs at the
     # tutorial's shapes on a GPU); the 12-epoch reference 0.65
     "reconstruction_r_log1p": {"pass": 0.7, "warn": 0.5, "higher": True},
+    # the same for a reference model: single cells are sparse, and Poisson noise alone caps the r far below 1
+    # (hippocampus reference 0.69 against a Poisson ceiling of 0.83, unchanged from 250 to 1,000 epochs); real
+    # references at the defaults measured 0.59 (her2st), 0.69 (hippocampus), 0.73 (lymph node), 0.61 (issue 28's
+    # mouse cortex): PASS below the lowest of them, with a margin (docs/output.md)
+    "reconstruction_r_log1p_reference": {"pass": 0.55, "warn": 0.4, "higher": True},
     # median over cell types of the Pearson r between log1p(signature) and log1p(per-type mean counts per cell
     # scaled to the signature's total), plot_QC's second panel
     "signature_r": {"pass": 0.8, "warn": 0.6, "higher": True},
@@ -278,14 +283,15 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
         else:
             r = recon.get("pearson_r_log1p")
         ceiling = recon.get("pearson_r_log1p_poisson_ceiling")
+        recon_key = "reconstruction_r_log1p_reference" if run["kind"] == "reference" else "reconstruction_r_log1p"
         row = {"model": run["name"], "kind": run["kind"], "converged": conv, "convergence": conv_text,
-               "reconstruction_r_log1p": r, "reconstruction": grade(r, "reconstruction_r_log1p")}
+               "reconstruction_r_log1p": r, "reconstruction": grade(r, recon_key)}
         kind = "ref" if run["kind"] == "reference" else "map"
         if ceiling is not None:
             row["reconstruction_ceiling"] = ceiling
         texts = {"converged": f"not converged ({conv_text})",
                  "reconstruction": "reconstruction r " + ("missing" if r is None else
-                                                          f"{r:.3f} < {THRESHOLDS['reconstruction_r_log1p']['pass']}")
+                                                          f"{r:.3f} < {THRESHOLDS[recon_key]['pass']}")
                  + (f" (Poisson noise alone caps it at {ceiling:.3f})" if ceiling is not None else "")}
         if run["kind"] == "reference":
             sr = [v for v in (ref.get("signature_r") or {}).values() if v == v]
@@ -406,7 +412,9 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
         "convergence": {"title": "Why"},
         "reconstruction_r_log1p": {"title": "Reconstruction r", "format": "{:,.3f}", "min": 0, "max": 1,
                                    "description": "Pearson r of log1p(observed) vs log1p(expected counts); PASS >= "
-                                   f"{THRESHOLDS['reconstruction_r_log1p']['pass']}, WARN >= {THRESHOLDS['reconstruction_r_log1p']['warn']}"},
+                                   f"{THRESHOLDS['reconstruction_r_log1p']['pass']}, WARN >= {THRESHOLDS['reconstruction_r_log1p']['warn']} "
+                                   f"(reference: {THRESHOLDS['reconstruction_r_log1p_reference']['pass']}, "
+                                   f"{THRESHOLDS['reconstruction_r_log1p_reference']['warn']})"},
         "reconstruction_ceiling": {"title": "Reconstruction r ceiling", "format": "{:,.3f}", "min": 0, "max": 1,
                                    "description": "the r of Poisson draws from the expected counts against them: "
                                    "what a model that knew them exactly would reach (sparse cells cap it)"},
