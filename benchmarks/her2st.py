@@ -21,6 +21,7 @@ Plasmablasts. Output: a JSON (`--json`) and the markdown tables of docs/benchmar
 
     python benchmarks/her2st.py --results results --data testdata_build/her2st \
         --json benchmarks/results/her2st_demo.json
+    python benchmarks/her2st.py --section G2 --results results_G2   # data in testdata_build/her2st_G2
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SECTION = "H1"
+SECTION = "H1"  # the default; --section NAME for another section built by tests/build_her2st.py --section NAME
 
 #: region -> the cell types (stereoscope's names) expected to be enriched there
 EXPECTED: dict[str, list[str]] = {
@@ -94,12 +95,12 @@ def region_means(props: pd.DataFrame, regions: pd.Series) -> pd.DataFrame:
     return means.reindex([r for r in REGION_ORDER if r in means.index])
 
 
-def read_c2l(results: Path, stat: str) -> pd.DataFrame:
-    path = results / "map_cells" / "joint" / f"{SECTION}.{stat}_cell_abundance_w_sf.csv"
+def read_c2l(results: Path, stat: str, section: str = SECTION) -> pd.DataFrame:
+    path = results / "map_cells" / "joint" / f"{section}.{stat}_cell_abundance_w_sf.csv"
     if not path.is_file():
-        hits = sorted(results.glob(f"map_cells/**/{SECTION}.{stat}_cell_abundance_w_sf.csv"))
+        hits = sorted(results.glob(f"map_cells/**/{section}.{stat}_cell_abundance_w_sf.csv"))
         if not hits:
-            raise SystemExit(f"her2st: no {SECTION}.{stat}_cell_abundance_w_sf.csv under {results}/map_cells")
+            raise SystemExit(f"her2st: no {section}.{stat}_cell_abundance_w_sf.csv under {results}/map_cells")
         path = hits[0]
     table = pd.read_csv(path, index_col=0)
     table.index = table.index.astype(str)
@@ -107,27 +108,37 @@ def read_c2l(results: Path, stat: str) -> pd.DataFrame:
     return table
 
 
-def nnls(results: Path, data: Path) -> pd.DataFrame:
+def nnls(results: Path, data: Path, section: str = SECTION) -> pd.DataFrame:
     import anndata as ad
 
     from metrics import nnls_abundance
 
     sig = pd.read_csv(results / "train_reference" / "signatures.csv", index_col=0)
-    spots = ad.read_h5ad(data / f"{SECTION}.h5ad")
+    spots = ad.read_h5ad(data / f"{section}.h5ad")
     return nnls_abundance(spots.X, spots.var_names, sig, spots.obs_names)
 
 
-def evaluate(results: Path, data: Path) -> dict:
-    regions = pd.read_csv(data / f"{SECTION}_regions.csv", index_col=0)["region"]
+def read_regions(data: Path, section: str = SECTION) -> tuple[pd.Series, int]:
+    """The pathologist's region per spot, and how many spots have none (left out of the scores)."""
+    regions = pd.read_csv(data / f"{section}_regions.csv", index_col=0)["region"]
     regions.index = regions.index.astype(str)
-    stereo = pd.read_csv(data / f"{SECTION}_stereoscope_major.csv", index_col=0)
+    unlabelled = int(regions.isna().sum())
+    return regions.dropna(), unlabelled
+
+
+def evaluate(results: Path, data: Path, section: str = SECTION) -> dict:
+    regions, unlabelled = read_regions(data, section)
+    if unlabelled:
+        print(f"her2st: {unlabelled} spot(s) of {section} without a region left out of the scores", file=sys.stderr)
+    stereo = pd.read_csv(data / f"{section}_stereoscope_major.csv", index_col=0)
     stereo.index = stereo.index.astype(str)
-    c2l_means = read_c2l(results, "means")
-    c2l_q05 = read_c2l(results, "q05")
-    nn = nnls(results, data)
+    c2l_means = read_c2l(results, "means", section)
+    c2l_q05 = read_c2l(results, "q05", section)
+    nn = nnls(results, data, section)
     for name, t in (("cell2location", c2l_means), ("NNLS", nn), ("stereoscope", stereo)):
-        if set(t.index) != set(regions.index):
-            raise SystemExit(f"her2st: {name} covers {len(t)} spots, the regions {len(regions)}")
+        if not set(regions.index) <= set(t.index):
+            raise SystemExit(f"her2st: {name} covers {len(t)} spots, not all {len(regions)} spots with a region")
+    c2l_means, c2l_q05, nn, stereo = (t.loc[regions.index] for t in (c2l_means, c2l_q05, nn, stereo))
 
     methods = {
         # name: (score table for the AUROC, proportions)
@@ -138,7 +149,7 @@ def evaluate(results: Path, data: Path) -> dict:
         "NNLS": to_common(nn),
         "NNLS_prop": proportions(to_common(nn)),
     }
-    out: dict = {"section": SECTION, "n_spots": int(len(regions)),
+    out: dict = {"section": section, "n_spots": int(len(regions)), "n_spots_without_region": unlabelled,
                  "regions": regions.value_counts().to_dict(), "aurocs": {}, "region_means": {},
                  "region_means_fine": {}}
     for name, scores in methods.items():
@@ -188,7 +199,7 @@ REGION_COLOURS = {"cancer in situ": "#d62728", "invasive cancer": "#ff7f0e", "im
                   "undetermined": "#c7c7c7"}
 
 
-def figure(results: Path, data: Path, path: Path) -> Path:
+def figure(results: Path, data: Path, path: Path, section: str = SECTION) -> Path:
     """The pathologist's regions next to cell2location's q05 abundance of a few types, spot by spot (README)."""
     import anndata as ad
     import matplotlib
@@ -196,11 +207,11 @@ def figure(results: Path, data: Path, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    section = ad.read_h5ad(data / f"{SECTION}.h5ad", backed="r")
-    xy = pd.DataFrame(np.asarray(section.obsm["spatial"]), index=section.obs_names.astype(str), columns=["x", "y"])
-    regions = pd.read_csv(data / f"{SECTION}_regions.csv", index_col=0)["region"]
-    regions.index = regions.index.astype(str)
-    q05 = read_c2l(results, "q05")
+    spots_h5ad = ad.read_h5ad(data / f"{section}.h5ad", backed="r")
+    xy = pd.DataFrame(np.asarray(spots_h5ad.obsm["spatial"]), index=spots_h5ad.obs_names.astype(str),
+                      columns=["x", "y"])
+    regions, _ = read_regions(data, section)
+    q05 = read_c2l(results, "q05", section)
     spots = xy.index.intersection(q05.index).intersection(regions.index)
     xy, q05, regions = xy.loc[spots], q05.loc[spots], regions.loc[spots]
     fig, grid = plt.subplots(2, 3, figsize=(12.5, 8.6))
@@ -226,7 +237,7 @@ def figure(results: Path, data: Path, path: Path) -> Path:
         ax.invert_yaxis()
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("her2st section H1: the pathologist's regions and cell2location's maps (make demo)", fontsize=12)
+    fig.suptitle(f"her2st section {section}: the pathologist's regions and cell2location's maps (make demo)", fontsize=12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -237,20 +248,23 @@ def figure(results: Path, data: Path, path: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="the demo's --outdir")
-    ap.add_argument("--data", type=Path, default=Path("testdata_build/her2st"), help="the demo data folder")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the data folder (default testdata_build/her2st for H1, testdata_build/her2st_<SECTION>)")
+    ap.add_argument("--section", default=SECTION, help="her2st section (default H1): tests/build_her2st.py --section")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
     ap.add_argument("--figure", type=Path, default=None,
                     help="also draw the regions next to a few q05 maps into this PNG (the README's picture)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    res = evaluate(args.results, args.data)
+    data = args.data or Path("testdata_build") / ("her2st" if args.section == SECTION else f"her2st_{args.section}")
+    res = evaluate(args.results, data, args.section)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(markdown(res))
     if args.figure:
-        print(f"figure: {figure(args.results, args.data, args.figure)}")
+        print(f"figure: {figure(args.results, data, args.figure, args.section)}")
     return 0
 
 

@@ -23,7 +23,11 @@ Written to ``OUT/her2st/`` (built in a temporary folder and renamed into place):
   for ``benchmarks/her2st.py``;
 - ``DERIVED.txt``: sources, licences, what was done.
 
-Run: ``python tests/build_her2st.py --out DIR`` (``make demo`` does, into ``testdata_build/``).
+Run: ``python tests/build_her2st.py --out DIR`` (``make demo`` does, into ``testdata_build/``). Another
+pathologist-labelled section (A1 B1 C1 D1 E1 F1 G2): ``--section G2`` writes ``OUT/her2st_G2/`` with the same
+files named after it; its files are not pinned by sha256 (H1's are): they come from the commit-pinned URLs or a
+local copy and their sha256 is logged and written to ``DERIVED.txt``. Label rows with NA coordinates are
+dropped (counted in the log); spots without a label get no region and are left out of benchmarks/her2st.py.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -53,23 +58,39 @@ SPACEDECONV_COMMIT = "3c3317a"  # as named in ../shared/testdata/README.md; the 
 _HER2ST_RAW = f"https://raw.githubusercontent.com/almaan/her2st/{HER2ST_COMMIT}"
 _SPACEDECONV_RAW = "https://raw.githubusercontent.com/omnideconv/spacedeconv/main"
 
-SECTION = "H1"
+SECTION = "H1"  # the demo's section, the default
 SPOT_PITCH_UM = 200.0  # legacy ST: centre-to-centre distance of neighbouring spots
 SPOT_DIAMETER_UM = 100.0
 
-UPSTREAM: dict[str, UpstreamFile] = {
+#: the sha256 of the H1 files (the demo's); other sections' files are not pinned: they come from the commit-pinned
+#: URLs (or a local copy) and their sha256 is logged and written to DERIVED.txt
+PINNED = {
+    "H1.tsv.gz": "90b391782535f38c9ab20fe8b38f44ebbfdad2201075a677a198cbef12c29b07",
+    "H1_selection.tsv": "fc9cc5bad3a1e26e48f435696259df38b500042a9565486c15fd37ab7d8f9ed6",
+    "H1_labeled_coordinates.tsv": "b65cbc99ed7a01281bc2eb87be87b902312e47ca91bc1f00ff351489b78434c3",
+}
+
+#: the study's sections (patients A-H; the pathologist labelled one section of each: A1 B1 C1 D1 E1 F1 G2 H1)
+SECTION_NAME = re.compile(r"^[A-H][1-6]$")
+
+
+def section_files(section: str) -> dict[str, UpstreamFile]:
+    """The three per-section upstream files of `section` (counts, spot positions, the pathologist's labels)."""
+    if not SECTION_NAME.match(section):
+        raise C2LError(f"her2st section '{section}': expected a patient letter A-H and a number (A1, G2, H1...)",
+                       section, "section")
+    files = (
+        (f"{section}.tsv.gz", f"data/ST-cnts/{section}.tsv.gz"),
+        (f"{section}_selection.tsv", f"data/ST-spotfiles/{section}_selection.tsv"),
+        (f"{section}_labeled_coordinates.tsv", f"data/ST-pat/lbl/{section}_labeled_coordinates.tsv"),
+    )
+    return {name: UpstreamFile(name, (f"her2st/{name}", rel), f"{_HER2ST_RAW}/{rel}", PINNED.get(name))
+            for name, rel in files}
+
+
+SHARED: dict[str, UpstreamFile] = {
     f.name: f
     for f in (
-        UpstreamFile("H1.tsv.gz", ("her2st/H1.tsv.gz", "data/ST-cnts/H1.tsv.gz"),
-                     f"{_HER2ST_RAW}/data/ST-cnts/H1.tsv.gz",
-                     "90b391782535f38c9ab20fe8b38f44ebbfdad2201075a677a198cbef12c29b07"),
-        UpstreamFile("H1_selection.tsv", ("her2st/H1_selection.tsv", "data/ST-spotfiles/H1_selection.tsv"),
-                     f"{_HER2ST_RAW}/data/ST-spotfiles/H1_selection.tsv",
-                     "fc9cc5bad3a1e26e48f435696259df38b500042a9565486c15fd37ab7d8f9ed6"),
-        UpstreamFile("H1_labeled_coordinates.tsv",
-                     ("her2st/H1_labeled_coordinates.tsv", "data/ST-pat/lbl/H1_labeled_coordinates.tsv"),
-                     f"{_HER2ST_RAW}/data/ST-pat/lbl/H1_labeled_coordinates.tsv",
-                     "b65cbc99ed7a01281bc2eb87be87b902312e47ca91bc1f00ff351489b78434c3"),
         UpstreamFile("stereoscope_props_major.zip",
                      ("her2st/stereoscope_props_major.zip", "res/ST-deconv/props/major.zip"),
                      f"{_HER2ST_RAW}/res/ST-deconv/props/major.zip",
@@ -80,6 +101,15 @@ UPSTREAM: dict[str, UpstreamFile] = {
                      "5f719b65edd292429ff69aa1a648252508298069002337c785e9688f8af150fa"),
     )
 }
+
+
+def upstream(section: str = SECTION) -> dict[str, UpstreamFile]:
+    """Every upstream input of a build of `section`."""
+    return {**section_files(section), **SHARED}
+
+
+#: the demo's inputs (H1)
+UPSTREAM: dict[str, UpstreamFile] = upstream(SECTION)
 
 REGIONS = ("connective tissue", "adipose tissue", "cancer in situ", "invasive cancer", "breast glands",
            "immune infiltrate", "undetermined")
@@ -96,11 +126,12 @@ def default_upstream_dirs() -> list[Path]:
     return [d] if d.is_dir() else []
 
 
-def fetch(dest: Path, local_dirs: list[Path], allow_download: bool = True) -> dict[str, Path]:
-    """Path of each input: a local copy with the right sha256 (under ``dest`` or a ``local_dirs`` entry, in either
-    layout of ``UpstreamFile.relpaths``), else a download into ``dest``."""
+def fetch(dest: Path, local_dirs: list[Path], allow_download: bool = True, section: str = SECTION) -> dict[str, Path]:
+    """Path of each input of `section`: a local copy with the right sha256 (any local copy for a file that is not
+    pinned; under ``dest`` or a ``local_dirs`` entry, in either layout of ``UpstreamFile.relpaths``), else a
+    download into ``dest``."""
     found: dict[str, Path] = {}
-    for f in UPSTREAM.values():
+    for f in upstream(section).values():
         tried = []
         for base in [dest, *local_dirs]:
             for rel in f.relpaths:
@@ -108,7 +139,9 @@ def fetch(dest: Path, local_dirs: list[Path], allow_download: bool = True) -> di
                 if not cand.is_file():
                     continue
                 got = sha256_of(cand)
-                if got == f.sha256:
+                if f.sha256 is None:
+                    LOG.info("%s: local copy %s, sha256 %s (not pinned)", f.name, cand, got)
+                if f.sha256 is None or got == f.sha256:
                     found[f.name] = cand
                     break
                 tried.append(f"{cand} (sha256 {got})")
@@ -118,15 +151,18 @@ def fetch(dest: Path, local_dirs: list[Path], allow_download: bool = True) -> di
             continue
         if not allow_download:
             where = "; ".join(tried) if tried else "no local copy found"
-            raise C2LError(f"{f.name} (sha256 {f.sha256}) is not available locally ({where}) and downloads are "
+            pin = f" (sha256 {f.sha256})" if f.sha256 else ""
+            raise C2LError(f"{f.name}{pin} is not available locally ({where}) and downloads are "
                            f"disabled; pass --upstream-dir or allow downloads from {f.url}")
         LOG.info("downloading %s from %s", f.name, f.url)
         found[f.name] = download(f.url, dest / f.relpath, f.sha256, name=f.name)
     return found
 
 
-def read_section(counts_tsv: Path, selection_tsv: Path, labels_tsv: Path):
-    """H1 counts, coordinates and regions -> AnnData (spots in the counts file's order)."""
+def read_section(counts_tsv: Path, selection_tsv: Path, labels_tsv: Path, section: str = SECTION):
+    """A section's counts, coordinates and regions -> AnnData (spots in the counts file's order). Label rows
+    without coordinates (NA x or y: some of the study's label files have them) are dropped, with a count in the
+    log; spots left without a label get no region (empty), also counted in the log."""
     import anndata as ad
     import numpy as np
     import pandas as pd
@@ -143,6 +179,10 @@ def read_section(counts_tsv: Path, selection_tsv: Path, labels_tsv: Path):
         raise C2LError(f"{counts_tsv.name}: negative counts")
 
     sel = pd.read_csv(selection_tsv, sep="\t")
+    bad = sel[["x", "y"]].isna().any(axis=1)
+    if bad.any():
+        LOG.warning("%s: %d row(s) without array coordinates dropped", selection_tsv.name, int(bad.sum()))
+        sel = sel[~bad]
     sel.index = sel["x"].astype(int).astype(str) + "x" + sel["y"].astype(int).astype(str)
     missing = counts.index.difference(sel.index)
     if len(missing):
@@ -150,18 +190,30 @@ def read_section(counts_tsv: Path, selection_tsv: Path, labels_tsv: Path):
     sel = sel.loc[counts.index]
 
     lbl = pd.read_csv(labels_tsv, sep="\t")
+    for col in ("x", "y", "label"):
+        if col not in lbl:
+            raise C2LError(f"{labels_tsv.name}: no column '{col}' (columns: {', '.join(map(str, lbl.columns))})")
+    no_xy = lbl[["x", "y"]].isna().any(axis=1)
+    if no_xy.any():
+        LOG.warning("%s: %d label row(s) with NA coordinates dropped (of %d)", labels_tsv.name, int(no_xy.sum()),
+                    len(lbl))
+        lbl = lbl[~no_xy]
     # the label file names spots by pixel; its x, y are the adjusted array coordinates (new_x, new_y)
     lbl.index = lbl["x"].round().astype(int).astype(str) + "x" + lbl["y"].round().astype(int).astype(str)
     if lbl.index.has_duplicates:
         raise C2LError(f"{labels_tsv.name}: two labelled spots round to the same array position")
-    missing = counts.index.difference(lbl.index)
-    if len(missing):
-        raise C2LError(f"{labels_tsv.name}: no region for {len(missing)} spots, e.g. {missing[0]}")
-    lbl = lbl.loc[counts.index]
-    off = np.abs(lbl[["x", "y"]].to_numpy(float) - sel[["new_x", "new_y"]].to_numpy(float)).max()
+    unlabelled = counts.index.difference(lbl.index)
+    if len(unlabelled) == len(counts.index):
+        raise C2LError(f"{labels_tsv.name}: no spot of {counts_tsv.name} has a region")
+    if len(unlabelled):
+        LOG.warning("%s: %d of %d spots have no region (e.g. %s); they are left out of the region scores",
+                    labels_tsv.name, len(unlabelled), len(counts.index), unlabelled[0])
+    lbl = lbl.reindex(counts.index)
+    have = lbl["label"].notna().to_numpy()
+    off = np.abs(lbl[["x", "y"]].to_numpy(float)[have] - sel[["new_x", "new_y"]].to_numpy(float)[have]).max()
     if off > 0.05:
         raise C2LError(f"{labels_tsv.name} and {selection_tsv.name} disagree on spot positions (by {off:.2f})")
-    unknown = sorted(set(lbl["label"]) - set(REGIONS))
+    unknown = sorted(set(lbl["label"].dropna()) - set(REGIONS))
     if unknown:
         raise C2LError(f"{labels_tsv.name}: unknown region labels {unknown}")
 
@@ -172,12 +224,12 @@ def read_section(counts_tsv: Path, selection_tsv: Path, labels_tsv: Path):
     adata = ad.AnnData(X=sp.csr_matrix(values.astype(np.int32)), obs=obs,
                        var=pd.DataFrame(index=pd.Index(counts.columns.astype(str))))
     adata.obsm["spatial"] = xy
-    adata.uns["spatial"] = {SECTION: {
+    adata.uns["spatial"] = {section: {
         "images": {},
         "scalefactors": {"spot_diameter_fullres": SPOT_DIAMETER_UM, "tissue_hires_scalef": 1.0,
                          "tissue_lowres_scalef": 1.0},
         "metadata": {"coordinates": "micrometres (adjusted ST array position x 200 um); no image",
-                     "source": f"almaan/her2st@{HER2ST_COMMIT} data/ST-cnts/H1.tsv.gz"},
+                     "source": f"almaan/her2st@{HER2ST_COMMIT} data/ST-cnts/{section}.tsv.gz"},
     }}
     return adata
 
@@ -229,10 +281,10 @@ def read_reference(rdata_path: Path):
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
 
 
-def read_stereoscope(zip_path: Path, spots) -> "pd.DataFrame":
+def read_stereoscope(zip_path: Path, spots, section: str = SECTION) -> "pd.DataFrame":
     import pandas as pd
 
-    member = f"major/{SECTION}-proportion.tsv"
+    member = f"major/{section}-proportion.tsv"
     with zipfile.ZipFile(zip_path) as z:
         if member not in z.namelist():
             raise C2LError(f"{zip_path.name}: no {member}")
@@ -245,29 +297,39 @@ def read_stereoscope(zip_path: Path, spots) -> "pd.DataFrame":
     return props.loc[list(spots)]
 
 
-def build_her2st(files: dict[str, Path], out_dir: Path) -> Path:
-    """Write ``out_dir/her2st/`` (see the module docstring); returns that folder. All or nothing."""
+def folder_name(section: str = SECTION) -> str:
+    """``her2st`` for the demo's section (H1), ``her2st_<section>`` for another."""
+    return "her2st" if section == SECTION else f"her2st_{section}"
+
+
+def build_her2st(files: dict[str, Path], out_dir: Path, section: str = SECTION) -> Path:
+    """Write ``out_dir/her2st/`` (``her2st_<section>/`` for a section other than H1; see the module docstring);
+    returns that folder. All or nothing."""
     import numpy as np
 
-    missing = [k for k in UPSTREAM if k not in files]
+    missing = [k for k in upstream(section) if k not in files]
     if missing:
         raise C2LError(f"missing upstream files: {', '.join(missing)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "her2st"
+    final = out_dir / folder_name(section)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".her2st.tmp-"))
     try:
-        section = read_section(files["H1.tsv.gz"], files["H1_selection.tsv"], files["H1_labeled_coordinates.tsv"])
+        name = section
+        section = read_section(files[f"{name}.tsv.gz"], files[f"{name}_selection.tsv"],
+                               files[f"{name}_labeled_coordinates.tsv"], name)
         ref = read_reference(files["single_cell_data_2.RData"])
-        stereo = read_stereoscope(files["stereoscope_props_major.zip"], section.obs_names)
-        section.write_h5ad(tmp / f"{SECTION}.h5ad")
+        stereo = read_stereoscope(files["stereoscope_props_major.zip"], section.obs_names, name)
+        section.write_h5ad(tmp / f"{name}.h5ad")
         ref.write_h5ad(tmp / "reference.h5ad")
-        section.obs[["region"]].rename_axis("spot").to_csv(tmp / f"{SECTION}_regions.csv")
-        stereo.rename_axis("spot").to_csv(tmp / f"{SECTION}_stereoscope_major.csv")
+        section.obs[["region"]].rename_axis("spot").to_csv(tmp / f"{name}_regions.csv")
+        stereo.rename_axis("spot").to_csv(tmp / f"{name}_stereoscope_major.csv")
         shared = len(section.var_names.intersection(ref.var_names))
         info = {
-            "section": {"spots": section.n_obs, "genes": section.n_vars,
+            "section": {"name": name, "spots": section.n_obs, "genes": section.n_vars,
+                        "spots_without_region": int(section.obs["region"].isna().sum()),
                         "median_umis": float(np.median(np.asarray(section.X.sum(axis=1)).ravel()))},
+            "sha256": {k: sha256_of(Path(v)) for k, v in sorted(files.items()) if k.startswith(name)},
             "reference": {"cells": ref.n_obs, "genes": ref.n_vars,
                           "celltype_major": ref.obs["celltype_major"].value_counts().to_dict()},
             "shared_genes": shared,
@@ -275,11 +337,11 @@ def build_her2st(files: dict[str, Path], out_dir: Path) -> Path:
         }
         (tmp / "DERIVED.txt").write_text(
             "Demo set built by tests/build_her2st.py (cell2location-nf). Not for redistribution.\n\n"
-            f"H1.h5ad, H1_regions.csv, H1_stereoscope_major.csv: almaan/her2st@{HER2ST_COMMIT} (Andersson et al. "
+            f"{name}.h5ad, {name}_regions.csv, {name}_stereoscope_major.csv: almaan/her2st@{HER2ST_COMMIT} (Andersson et al. "
             "2021, Nat Commun 12:6012; Zenodo 3957257; the repository carries no licence: cite the paper). Counts "
-            "unchanged (spots x gene symbols); obsm['spatial'] = (new_x, new_y) of H1_selection.tsv x 200 um; "
-            "obs['region'] from H1_labeled_coordinates.tsv matched on the rounded array position; stereoscope "
-            "proportions = res/ST-deconv/props/major.zip major/H1-proportion.tsv.\n"
+            f"unchanged (spots x gene symbols); obsm['spatial'] = (new_x, new_y) of {name}_selection.tsv x 200 um; "
+            f"obs['region'] from {name}_labeled_coordinates.tsv matched on the rounded array position; stereoscope "
+            f"proportions = res/ST-deconv/props/major.zip major/{name}-proportion.tsv.\n"
             "reference.h5ad: omnideconv/spacedeconv data/single_cell_data_2.RData (GPL-3), cells of patient "
             "CID4465 (TNBC) from Wu et al. 2021 (Nat Genet 53:1334, GEO GSE176078); counts and colData unchanged.\n\n"
             + json.dumps(info, indent=1, default=int) + "\n"
@@ -300,14 +362,18 @@ def build_her2st(files: dict[str, Path], out_dir: Path) -> Path:
               help="Folder with local copies (her2st/, spacedeconv/ as in the shared test data, or the upstream "
                    "repositories' layouts); repeatable.")
 @click.option("--download/--no-download", default=True, show_default=True,
-              help="Download inputs that are not found locally (checked by sha256).")
-def main(out: Path, upstream_dirs: tuple[Path, ...], download: bool) -> None:
-    """Build the demo set (her2st/: section H1 + breast-cancer reference) from its public sources."""
+              help="Download inputs that are not found locally (checked by sha256 where pinned: H1's files).")
+@click.option("--section", default=SECTION, show_default=True,
+              help="her2st section (a pathologist-labelled one: A1 B1 C1 D1 E1 F1 G2 H1); written to "
+                   "OUT/her2st/ for H1, OUT/her2st_<SECTION>/ for another.")
+def main(out: Path, upstream_dirs: tuple[Path, ...], download: bool, section: str) -> None:
+    """Build the demo set (her2st/: section H1, or another with --section, + breast-cancer reference) from its
+    public sources."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     try:
-        files = fetch(out / "upstream", [Path(d) for d in upstream_dirs], allow_download=download)
-        result = build_her2st(files, out)
+        files = fetch(out / "upstream", [Path(d) for d in upstream_dirs], allow_download=download, section=section)
+        result = build_her2st(files, out, section)
     except C2LError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{result} ({time.perf_counter() - t0:.1f}s)")

@@ -163,8 +163,9 @@ def _candidates(f: UpstreamFile, dest: Path, local_dirs: list[Path]) -> list[Pat
     return unique
 
 
-def download(url: str, target: Path, sha256: str, name: str | None = None, timeout: float = 120.0) -> Path:
-    """Download ``url`` to ``target`` through a temporary name; verify sha256 before the rename.
+def download(url: str, target: Path, sha256: str | None, name: str | None = None, timeout: float = 120.0) -> Path:
+    """Download ``url`` to ``target`` through a temporary name; verify sha256 before the rename (``None``: a file
+    not pinned, from a commit-pinned URL; its sha256 is logged instead).
 
     A failed or mismatching download leaves nothing behind.
     """
@@ -182,7 +183,9 @@ def download(url: str, target: Path, sha256: str, name: str | None = None, timeo
                 h.update(block)
                 out.write(block)
         got = h.hexdigest()
-        if got != sha256:
+        if sha256 is None:
+            logging.getLogger("c2l").info("%s: sha256 %s (not pinned)", name, got)
+        elif got != sha256:
             raise ChecksumError(
                 f"checksum mismatch for {name} downloaded from {url}: expected sha256 {sha256}, got {got}; "
                 "the file was not kept"

@@ -91,6 +91,42 @@ def test_build_her2st_rejects_a_changed_file(tmp_path):
         build_her2st.fetch(tmp_path / "dl", [tmp_path / "local"], allow_download=False)
 
 
+def test_another_section_from_local_copies_with_na_label_rows(tmp_path, caplog):
+    """--section G2: its files are not pinned (any local copy is taken, its sha256 logged); label rows with NA
+    coordinates are dropped with a count in the log; spots left without a label get no region. Here H1's files
+    stand in for G2's, with two NA rows added to the label file and one real row removed."""
+    import logging
+    import shutil
+
+    require(UPSTREAM / "her2st")
+    local = tmp_path / "local" / "her2st"
+    local.mkdir(parents=True)
+    src = UPSTREAM / "her2st"
+    shutil.copy(src / "H1.tsv.gz", local / "G2.tsv.gz")
+    shutil.copy(src / "H1_selection.tsv", local / "G2_selection.tsv")
+    lbl = pd.read_csv(src / "H1_labeled_coordinates.tsv", sep="\t")
+    removed = lbl.iloc[0]
+    na_rows = lbl.iloc[:2].copy()
+    na_rows[["x", "y"]] = np.nan
+    pd.concat([lbl.iloc[1:], na_rows]).to_csv(local / "G2_labeled_coordinates.tsv", sep="\t", index=False)
+    with pytest.raises(build_her2st.C2LError, match="A-H"):
+        build_her2st.section_files("../H1")
+    with caplog.at_level(logging.INFO, logger="c2l"):
+        files = build_her2st.fetch(tmp_path / "dl", [tmp_path / "local", UPSTREAM], allow_download=False,
+                                   section="G2")
+        assert files["G2.tsv.gz"] == local / "G2.tsv.gz"
+        assert "not pinned" in caplog.text
+        sec = build_her2st.read_section(files["G2.tsv.gz"], files["G2_selection.tsv"],
+                                        files["G2_labeled_coordinates.tsv"], "G2")
+    assert "2 label row(s) with NA coordinates dropped" in caplog.text
+    assert "1 of 613 spots have no region" in caplog.text
+    assert sec.n_obs == 613 and int(sec.obs["region"].isna().sum()) == 1
+    key = f"{round(removed['x'])}x{round(removed['y'])}"
+    assert pd.isna(sec.obs.loc[key, "region"])
+    assert "G2" in sec.uns["spatial"]
+    assert build_her2st.folder_name("G2") == "her2st_G2" and build_her2st.folder_name() == "her2st"
+
+
 @pytest.fixture(scope="module")
 def small_run(her2st, tmp_path_factory) -> Path:
     """filter-reference (833 genes shared with H1) -> train-reference (40 epochs) -> map-cells (600 epochs at lr

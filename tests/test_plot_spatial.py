@@ -124,3 +124,79 @@ def test_pies_show_the_top_types_and_a_zoomed_region():
     inside = ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).sum()
     assert 20 <= inside <= 90, inside  # about zoom_spots (a square around a circle of 60)
     assert zoom.get_legend() is not None and "other" in [t.get_text() for t in zoom.get_legend().get_texts()]
+
+
+def imaged_section(where: str, n_types: int = 7, seed: int = 0) -> ad.AnnData:
+    """A mapped section on a 1000 x 1000 px hires image (scale factor 0.5 of a 2000 px full-resolution slide): a
+    Visium-like lattice of spots either reaching the image's right and bottom edges (`edge`) or filling its
+    top-left quarter (`quarter`); a textured image so that any band past it would show."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    step = 60.0  # full-resolution px between spots
+    if where == "edge":
+        xs, ys = np.arange(900, 2000, step), np.arange(700, 2000, step * np.sqrt(3) / 2)
+    else:
+        xs, ys = np.arange(40, 1000, step), np.arange(40, 1000, step * np.sqrt(3) / 2)
+    xy = np.array([(x + (step / 2 if i % 2 else 0), y) for i, y in enumerate(ys) for x in xs], dtype=float)
+    xy = np.clip(xy, 0, 1999.0)  # spots on the edge itself
+    n = len(xy)
+    adata = ad.AnnData(X=np.zeros((n, 2), dtype=np.float32), obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]))
+    adata.obsm["spatial"] = xy
+    types = [f"type_{i}" for i in range(n_types)]
+    base = rng.gamma(0.8, 3.0, (n, n_types)) * (1 + np.sin(xy[:, :1] / 200.0))
+    for stat, f in (("means", 1.0), ("stds", 0.2), ("q05", 0.6), ("q95", 1.5)):
+        adata.obsm[f"{stat}_cell_abundance_w_sf"] = pd.DataFrame(
+            base * f, index=adata.obs_names, columns=[f"{stat}cell_abundance_w_sf_{t}" for t in types])
+    yy, xx = np.mgrid[0:1000, 0:1000]
+    img = np.stack([0.75 + 0.2 * np.sin(xx / 40.0), 0.7 + 0.2 * np.cos(yy / 55.0), 0.8 * np.ones_like(xx, float)],
+                   axis=-1).astype(np.float32)
+    adata.uns["spatial"] = {"lib": {"images": {"hires": img},
+                                    "scalefactors": {"tissue_hires_scalef": 0.5, "spot_diameter_fullres": 50.0},
+                                    "metadata": {}}}
+    return adata
+
+
+@pytest.mark.parametrize("where", ["edge", "quarter"])
+def test_figures_are_cropped_to_the_spots_and_never_past_the_image(where, tmp_path):
+    """Every panel of the three figures: its view holds all spots, stays inside the image (no band beyond its
+    edge) and, for a section on a quarter of the image, shows about that quarter, not the whole image; every colour
+    bar labels its minimum and maximum. The PNGs are written to tmp_path (looked at: docs/output.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from c2lnf import plot_spatial as P
+    from c2lnf.runtime import save_figures
+
+    adata = imaged_section(where)
+    scale = 0.5
+    xy = np.asarray(adata.obsm["spatial"]) * scale
+    figs = {"q05_abundance": P.plot_abundance_maps(adata),
+            "overlay": P.plot_overlay(adata, P.top_cell_types(adata, 5)),
+            "proportions": P.plot_proportion_pies(adata)}
+    for name, fig in figs.items():
+        panels = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is None and ax.images]
+        assert panels, name
+        for ax in panels:
+            (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+            assert x0 >= -0.5 - 1e-6 and x1 <= 999.5 + 1e-6 and y0 >= -0.5 - 1e-6 and y1 <= 999.5 + 1e-6, \
+                (name, ax.get_xlim(), ax.get_ylim())
+            if ax.get_title().startswith("zoom"):
+                continue
+            assert x0 <= xy[:, 0].min() and x1 >= xy[:, 0].max() and y0 <= xy[:, 1].min() and y1 >= xy[:, 1].max(), name
+            if where == "quarter":
+                assert x1 - x0 < 600 and y1 - y0 < 600, (name, ax.get_xlim(), ax.get_ylim())
+        for ax in fig.axes:
+            cbar = getattr(ax, "_colorbar", None)
+            if cbar is None:
+                continue
+            labels = [t.get_text() for t in (ax.get_xticklabels() + ax.get_yticklabels()) if t.get_text()]
+            assert len(labels) >= 2, (name, labels)
+            ends = P.tick_labels([cbar.norm.vmin, cbar.norm.vmax])
+            assert ends[0] in labels and ends[1] in labels and not any("e" in t for t in labels), (name, labels)
+        save_figures([fig], tmp_path / f"{where}.{name}.png")
+        plt.close(fig)
+    for name in figs:
+        assert_png(tmp_path / f"{where}.{name}.png", min_kb=10)

@@ -48,7 +48,9 @@ def run_inputs(tmp_path):
         pd.DataFrame([{"sample": s, "n_spots": n, "n_genes": 2000, "n_mt_genes": 0, "total_umis": 1e6,
                        "median_umis_per_spot": 2500.0, "median_genes_per_spot": 900.0,
                        "mean_mt_fraction": 0.0}]).to_csv(sections / f"{s}.qc.csv", index=False)
-    pd.DataFrame({"gene": [f"g{i}" for i in range(10)], "kept": [True] * 7 + [False] * 3}).to_csv(
+    pd.DataFrame({"gene": [f"g{i}" for i in range(10)], "kept": [True] * 7 + [False] * 3,
+                  "marker_of": ["B", "B", "T", "T;B", "", "", "", "T", "T", "B"],
+                  "marker_rank": [1, 2, 1, 2, None, None, None, 3, 4, 4]}).to_csv(
         reference / "reference_genes.csv", index=False)
     _training(reference / "reference_training.json", stop_reason="converged: ...", flat=2e-4, r_log1p=0.9,
               extra={"cells_per_type": {"B": 30, "T": 3}, "signature_agreement": {"B": 0.95, "T": 0.85}})
@@ -112,7 +114,10 @@ def test_report_content_and_verdicts(run_inputs, tmp_path):
                          run_inputs["figures"], run_inputs["versions"], run_inputs["params"],
                          ["A1", "B1", "C1", "D9"], out)
     verdicts = {v["model"]: v for v in summary["models"]}
-    assert verdicts["reference"]["verdict"] == "PASS"
+    # markers (N_MARKERS 20 each in a real run; here B has 4 of which 3 kept, T 4 of which 2 kept): FAIL < 3
+    assert verdicts["reference"]["markers"] == "FAIL" and verdicts["reference"]["verdict"] == "FAIL"
+    assert verdicts["reference"]["cause"] == "markers" and "'T'" in verdicts["reference"]["action"]
+    assert summary["markers"]["T"]["dropped"] == "g7, g8" and summary["markers"]["B"]["kept"] == 3
     assert verdicts["reference"]["signature_r_median"] == pytest.approx(0.9)
     assert verdicts["joint"]["verdict"] == "PASS"
     assert verdicts["other"]["converged"] == "FAIL" and verdicts["other"]["reconstruction"] == "FAIL"
@@ -121,7 +126,7 @@ def test_report_content_and_verdicts(run_inputs, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"c2l_verdicts_mqc.yaml", "c2l_sections_mqc.yaml", "c2l_gene_overlap_mqc.yaml", "c2l_elbo_mqc.yaml",
             "c2l_reference_cells_mqc.yaml", "c2l_signature_agreement_mqc.yaml", "c2l_training_mqc.yaml",
-            "c2l_params_mqc.yaml", "c2l_map_A1_q05_abundance_mqc.png", "software_mqc_versions.yml",
+            "c2l_params_mqc.yaml", "c2l_map_A1_q05_abundance_mqc.png", "c2l_markers_mqc.yaml", "software_mqc_versions.yml",
             "multiqc_config.yaml", "verdicts.json"} <= names
     assert not any(p.name.startswith(".staging") for p in out.iterdir())
     import yaml
@@ -194,3 +199,127 @@ def test_detection_alpha_comparison(tmp_path):
     assert set(data) == {"joint_alpha20", "joint_alpha200"}
     assert data["joint_alpha200"]["better"] == "yes" and data["joint_alpha20"]["better"] == ""
     assert data["joint_alpha200"]["elbo_per_location"] == pytest.approx(4800.0)
+
+
+def test_top_markers_are_specific_and_expressed():
+    """Each type's markers: the genes most specific to it among those detected in a quarter of its cells."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from c2lnf.markers import top_markers, type_means
+
+    rng = np.random.default_rng(0)
+    n = 40
+    X = rng.poisson(2.0, size=(2 * n, 6)).astype(np.float32)
+    X[:n, 0] += 20  # g0: A's marker, in every A cell
+    X[n:, 1] += 20  # g1: B's marker
+    X[:, 2] = 0
+    X[0, 2] = 500  # g2: one A cell only (1/40 of A): the most specific, but not expressed by the type
+    adata = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame({"t": ["A"] * n + ["B"] * n}, index=[f"c{i}" for i in range(2 * n)]),
+                       var=pd.DataFrame(index=[f"g{i}" for i in range(6)]))
+    markers = top_markers(*type_means(adata, "t"), n=2)
+    assert markers["A"][0] == "g0" and "g2" not in markers["A"]
+    assert markers["B"][0] == "g1"
+
+
+@pytest.mark.parametrize("cutoffs,status", [(("5", "0.03", "1.12"), "PASS"), (("30", "0.1", "1.5"), "FAIL")])
+def test_a_filter_that_drops_markers_is_flagged(tmp_path, caplog, cutoffs, status):
+    """The lymph node reference through the real filter step: the tutorial's cut-offs keep at least 19 of every
+    type's 20 markers (PASS); 30 / 0.1 / 1.5 keep 0 - 10 of 9 types' (FAIL: the filter step warns, the report's
+    marker table and the reference's verdict name the types, the dropped genes and the options)."""
+    import logging
+
+    from conftest import LYMPH_NODE, invoke, require
+
+    require(LYMPH_NODE)
+    ref = tmp_path / "reference"
+    result = invoke("filter-reference", "--reference", LYMPH_NODE / "reference.h5ad", "--labels-key", "cell_type",
+                    "--cell-count-cutoff", cutoffs[0], "--cell-percentage-cutoff2", cutoffs[1], "--nonz-mean-cutoff",
+                    cutoffs[2], "--outdir", ref)
+    genes = pd.read_csv(ref / "reference_genes.csv", index_col=0)
+    assert {"marker_of", "marker_rank"} <= set(genes.columns)
+    assert (genes["marker_of"].fillna("") != "").sum() >= 11 * 15  # 20 per type, a few genes shared by types
+    filter_log = result.output.splitlines()  # the step's log (the CLI logs to stderr)
+    assert any("markers kept by the gene filter" in m for m in filter_log)
+    flagged = [m for m in filter_log if "top markers of" in m]
+    _training(ref / "reference_training.json", stop_reason="converged: ...", flat=2e-4, r_log1p=0.9,
+              extra={"cells_per_type": {"B": 30, "T": 30}, "signature_agreement": {"B": 0.95, "T": 0.85}})
+    shared = sorted(genes.index[genes["kept"]][:300])
+    models = tmp_path / "models"
+    models.mkdir()
+    _training(models / "joint_training.json", stop_reason="converged: ...", flat=1e-4, r_log1p=0.8,
+              extra={"gene_overlap": {"A1": {**_overlap(len(shared)), "shared_signature_genes": shared}}})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="c2l.report"):
+        summary = report.run(None, ref, models, None, None, None, [], tmp_path / "content")
+    verdict = {v["model"]: v for v in summary["models"]}["reference"]
+    assert verdict["markers"] == status
+    table = summary["markers"]
+    assert set(table) == set(LN_TYPES) and all("in A1" in row for row in table.values())
+    kept = {t: row["kept"] for t, row in table.items()}
+    if status == "PASS":
+        assert not flagged and min(kept.values()) >= 19 and verdict["verdict"] == "PASS"
+        assert not [r for r in caplog.records if "model 'reference'" in r.getMessage()]
+    else:
+        assert sum(k < report.MIN_KEPT for k in kept.values()) == 9 and kept["Endo"] == 0 and kept["T_CD4"] == 10
+        assert len(flagged) == 9 and any("'Endo'" in m and "CDH5" in m and "--nonz_mean_cutoff" in m for m in flagged)
+        line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
+        assert "is FAIL (markers)" in line and "'Endo'" in line and "--cell_count_cutoff" in line
+        assert "stopped by the rule" not in line
+        assert table["Endo"]["status"] == "FAIL" and "CDH5" in table["Endo"]["dropped"] and table["T_CD4"]["status"] == "WARN"
+        assert all(row["in A1"] <= row["kept"] for row in table.values())
+
+
+LN_TYPES = ["B", "B_Plasma", "DC", "Endo", "ILC", "Macrophages", "Monocytes", "NK", "T_CD4", "T_CD8", "VSMC"]
+
+
+def test_console_line_names_the_check_that_caused_the_verdict(tmp_path, caplog):
+    """A reference stopped by the rule but with a poor reconstruction: the line names the reconstruction and what
+    to do, not the stopping rule."""
+    import logging
+
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    _training(ref / "reference_training.json", stop_reason="converged: -ELBO flat", flat=2e-4, r_log1p=0.5,
+              extra={"stopped_epoch": 150, "cells_per_type": {"B": 30, "T": 30},
+                     "signature_agreement": {"B": 0.95, "T": 0.85}})
+    with caplog.at_level(logging.WARNING, logger="c2l.report"):
+        summary = report.run(None, ref, None, None, None, None, [], tmp_path / "content")
+    v = summary["models"][0]
+    assert v["verdict"] == "WARN" and v["converged"] == "PASS" and v["cause"] == "reconstruction"
+    line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
+    assert "is WARN (reconstruction)" in line and "0.500 < 0.55" in line and "--labels_key" in line
+    assert "stopped by the rule" not in line
+
+
+def test_labels_that_are_the_batches_are_refused(tmp_path):
+    """A broken run on purpose: the batch column given as labels_key (the hippocampus reference's `sample` as both
+    labels and batch) is refused by the filter step, naming the field, before any training."""
+    from conftest import HIPPOCAMPUS, invoke, require
+
+    require(HIPPOCAMPUS)
+    result = invoke("filter-reference", "--reference", HIPPOCAMPUS / "reference.h5ad", "--labels-key", "sample",
+                    "--batch-key", "sample", "--outdir", tmp_path / "out", expect=None)
+    assert result.exit_code != 0
+    assert "field 'labels_key'" in result.output and "group the cells the same way" in result.output
+    assert not (tmp_path / "out" / "reference_filtered.h5ad").exists()
+
+
+def test_real_references_at_the_defaults_are_graded_by_what_was_measured(tmp_path):
+    """The hippocampus reference at the defaults (measured: 250 epochs reached, -ELBO changing 8.0e-3 between the
+    last two tenths, reconstruction r 0.69, signature r 0.9998; from 250 to 1,000 epochs its signatures still
+    change by 16 % in scale, median over types): WARN for convergence only, saying to train longer; its r is
+    what sparse single cells allow (PASS). The same reference after 12 epochs: FAIL."""
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    good = {"cells_per_type": {"A": 30, "B": 30}, "signature_agreement": {"A": 0.9998, "B": 0.9997},
+            "stop_kind": "max_epochs"}
+    _training(ref / "reference_training.json", stop_reason="reached max_epochs 250", flat=8.0e-3, r_log1p=0.69,
+              epochs=250, extra=good)
+    v = report.run(None, ref, None, None, None, None, [], tmp_path / "c1")["models"][0]
+    assert v["verdict"] == "WARN" and v["cause"] == "converged" and v["reconstruction"] == "PASS"
+    assert "--ref_max_epochs" in v["action"]
+    _training(ref / "reference_training.json", stop_reason="reached max_epochs 12", flat=1.5e-2, r_log1p=0.65,
+              epochs=12, extra=good)
+    v = report.run(None, ref, None, None, None, None, [], tmp_path / "c2")["models"][0]
+    assert v["verdict"] == "FAIL" and v["converged"] == "FAIL"

@@ -342,3 +342,24 @@ def test_one_adam_state_carries_a_run_on():
         assert torch.equal(whole[k], on[k]), k
     _svi_run(one_adam(0.05), 20)  # the same first 20 steps, then on without the state: Adam's moments start
     assert not torch.equal(_svi_run(one_adam(0.05), 20, fresh=False)["m"], whole["m"])  # afresh, another path
+
+
+def test_reference_rule_waits_for_a_flat_curve():
+    """The reference's plan (window 10, tol 1e-3): on a curve that still falls by ~0.1 % per 10 epochs the
+    10-epoch windows call a plateau while the last two tenths of the epochs (15 - 20 epochs each) still differ
+    by more than the report's PASS (1e-3). With REF_FLAT_TOL the rule waits until they do not, so that the run
+    is flat by the report's measure."""
+    from c2lnf import report
+    from c2lnf.training import REF_FLAT_TOL, tail_change
+
+    assert REF_FLAT_TOL == report.THRESHOLDS["elbo_flatness"]["pass"]
+    t = np.arange(1, 251)
+    curve = 1e6 * (1 + 0.05 * np.exp(-t / 60.0))  # the old rule stops at 150, the new one at 190
+    base = Plan(max_epochs=250, lr=0.002, lr_min=0.002, tol=1e-3, window=10, check_every=10, min_epochs=50)
+    old, action = run(base, curve)
+    assert action == "stop" and tail_change(curve[: old.stopped_epoch]) > REF_FLAT_TOL
+    new, action = run(replace(base, flat_tol=REF_FLAT_TOL), curve)
+    assert action == "stop" and new.stopped_epoch > old.stopped_epoch
+    assert tail_change(curve[: new.stopped_epoch]) <= REF_FLAT_TOL
+    assert any(e["event"] == "not_flat" for e in new.events)
+    assert (old.stopped_epoch, new.stopped_epoch) == (150, 190)

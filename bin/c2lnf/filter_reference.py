@@ -54,6 +54,12 @@ def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) ->
                     "the cells; is it really a batch?", key, field, levels, n)
 
 
+def same_partition(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two columns group the cells identically (one value of `a` per value of `b` and back)."""
+    pairs = pd.DataFrame({"a": a.astype(str).to_numpy(), "b": b.astype(str).to_numpy()}).drop_duplicates()
+    return bool(len(pairs) == pairs["a"].nunique() == pairs["b"].nunique())
+
+
 def symbols_column(adata: ad.AnnData) -> pd.Series | None:
     """Gene symbols kept in a var column beside Ensembl var_names (CELLxGENE: feature_name), or None."""
     for col in ("SYMBOL", "feature_name", "gene_symbols", "gene_symbol", "gene_name", "symbol"):
@@ -91,6 +97,10 @@ def load_reference(
         check_labels(adata.obs[key], key, field)
         if field != "labels_key":
             check_batches(adata.obs[key], key, field, warn)
+    if batch_key is not None and same_partition(adata.obs[labels_key], adata.obs[batch_key]):
+        raise C2LError(f"columns '{labels_key}' (labels_key) and '{batch_key}' (batch_key) group the cells the same way: "
+                       "the labels would be the batches, not cell types; name the cell-type column", REFERENCE,
+                       "labels_key")
     source = adata
     adata = select_counts(adata, layer, REFERENCE, "reference_layer")
     where = "reference (counts)" if not layer else f"reference ({'.raw' if layer == 'raw' else f'layer {layer}'})"
@@ -167,25 +177,65 @@ def filter_reference(
     return filtered, figures
 
 
-def genes_table(adata: ad.AnnData, kept: pd.Index) -> pd.DataFrame:
-    """Per-gene statistics written by filter_genes plus whether the gene was kept."""
+#: a cell type left with half or fewer of its 20 markers (markers.N_MARKERS) after the gene filter is flagged:
+#: the filter step warns, the report grades it WARN (calibration: docs/output.md, "Markers")
+from .markers import MIN_KEPT as MIN_MARKERS_KEPT  # noqa: E402
+
+#: the options of the gene filter, named in the warning
+FILTER_OPTIONS = "--cell_count_cutoff / --cell_percentage_cutoff2 / --nonz_mean_cutoff"
+
+
+def genes_table(adata: ad.AnnData, kept: pd.Index, markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Per-gene statistics written by filter_genes, whether the gene was kept and the cell types it marks."""
+    from .markers import marker_columns
+
     table = adata.var[[c for c in ("SYMBOL", "n_cells", "nonz_mean") if c in adata.var]].copy()
     table["kept"] = np.isin(adata.var_names, kept)
+    if markers is not None:
+        table = table.join(marker_columns(markers, adata.var_names))
     table.index.name = "gene"
     return table
+
+
+def reference_markers(adata: ad.AnnData, labels_key: str) -> dict[str, list[str]]:
+    """Each type's top markers in the whole (unfiltered) reference (markers.top_markers)."""
+    from .markers import top_markers, type_means
+
+    return top_markers(*type_means(adata, labels_key))
+
+
+def log_markers(markers: dict[str, list[str]], adata: ad.AnnData, kept: pd.Index) -> pd.DataFrame:
+    """Per type, how many of its markers the filter kept (info), and a warning naming the types left with fewer
+    than MIN_MARKERS_KEPT, their dropped genes and the options that drop them."""
+    from .markers import marker_check
+
+    symbols = dict(zip(adata.var_names.astype(str), adata.var["SYMBOL"].astype(str))) if "SYMBOL" in adata.var else {}
+    check = marker_check(markers, set(map(str, kept)), symbols=symbols)
+    LOG.info("markers kept by the gene filter (of the top %d per type): %s", max(check["markers"], default=0),
+             ", ".join(f"{t} {r.kept}" for t, r in check.iterrows()))
+    low = check[check["kept"] < MIN_MARKERS_KEPT]
+    for t, r in low.iterrows():
+        LOG.warning("reference: the gene filter keeps %d of the %d top markers of '%s' (fewer than %d); dropped: %s. "
+                    "Lower %s (the tutorial's: 5 / 0.03 / 1.12) to keep them", r.kept, r.markers, t,
+                    MIN_MARKERS_KEPT, r.dropped, FILTER_OPTIONS)
+    return check
 
 
 def run(reference: Path, labels_key: str, batch_key: str | None, categorical_covariate_keys: list[str],
         gene_id_column: str | None, cell_count_cutoff: int, cell_percentage_cutoff2: float, nonz_mean_cutoff: float,
         min_cells_per_type: int, outdir: Path, prefix: str, layer: str | None = None) -> None:
-    """The step: check the reference, keep the genes that pass filter_genes; writes <prefix>_filtered.h5ad,
-    <prefix>_filter.png and <prefix>_genes.csv into `outdir` (all or none)."""
+    """The step: check the reference, keep the genes that pass filter_genes, check that each type keeps its
+    markers (markers.py); writes <prefix>_filtered.h5ad, <prefix>_filter.png and <prefix>_genes.csv (with the
+    markers: columns marker_of, marker_rank) into `outdir` (all or none)."""
     from .runtime import save_figures, staged_outputs, write_h5ad
 
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type,
                            layer)
     filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
+    markers = reference_markers(adata, labels_key)
+    check = log_markers(markers, adata, filtered.var_names)
+    filtered.uns["c2l_filter"]["markers_kept"] = {str(t): int(k) for t, k in check["kept"].items()}
     with staged_outputs(outdir) as out:
         write_h5ad(filtered, out.path(f"{prefix}_filtered.h5ad"))
         save_figures(figures, out.path(f"{prefix}_filter.png"))
-        genes_table(adata, filtered.var_names).to_csv(out.path(f"{prefix}_genes.csv"))
+        genes_table(adata, filtered.var_names, markers).to_csv(out.path(f"{prefix}_genes.csv"))

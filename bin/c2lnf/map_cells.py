@@ -81,16 +81,22 @@ def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> p
 
 def gene_overlap(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> dict[str, dict]:
     """Per section, for the run report: its genes, those it shares with the signatures (exactly and ignoring
-    letter case) and whether each side looks like Ensembl ids."""
+    letter case), whether each side looks like Ensembl ids, and which signature genes the section lacks (or, when
+    shorter, which it has: `missing_signature_genes` / `shared_signature_genes`; the report's marker check)."""
     sig = set(map(str, signatures.index))
     sig_upper = {g.upper() for g in sig}
     out = {}
     for sample, adata in sections.items():
         names = set(map(str, adata.var_names))
-        out[sample] = {"n_genes": len(names), "n_signature_genes": len(sig), "shared": len(sig & names),
+        shared = sig & names
+        out[sample] = {"n_genes": len(names), "n_signature_genes": len(sig), "shared": len(shared),
                        "shared_ignoring_case": len(sig_upper & {g.upper() for g in names}),
                        "section_ensembl": bool(looks_ensembl(adata.var_names)),
                        "signatures_ensembl": bool(looks_ensembl(signatures.index))}
+        if 2 * len(shared) <= len(sig):
+            out[sample]["shared_signature_genes"] = sorted(shared)
+        else:
+            out[sample]["missing_signature_genes"] = sorted(sig - names)
     return out
 
 

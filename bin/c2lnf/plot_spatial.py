@@ -53,6 +53,45 @@ def _spot_size_px(adata: ad.AnnData) -> float:
     return float(np.median(d[:, 1]) * 0.9)
 
 
+def crop_box(adata: ad.AnnData, img_key: str | None = None, margin: float = 0.04) -> tuple[float, float, float, float]:
+    """(left, right, top, bottom) in full-resolution pixels: the spots' extent plus a margin (one spot diameter,
+    at least `margin` of the larger side), never past the tissue image (`img_key`) when there is one: the maps
+    show the section, not an empty field or a band beyond the image."""
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    pad = max(_spot_size_px(adata), margin * float(np.max(hi - lo)))
+    lo, hi = lo - pad, hi + pad
+    lib, _, sf = library(adata)
+    image = ((adata.uns.get("spatial") or {}).get(lib) or {}).get("images", {}).get(img_key) if img_key else None
+    if image is not None:
+        scale = float(sf.get(f"tissue_{img_key}_scalef", 1.0))
+        # the image's pixel edges, in full-resolution pixels
+        size = np.array([image.shape[1], image.shape[0]], dtype=float) / scale
+        lo = np.clip(lo, -0.5 / scale, size - 0.5 / scale)
+        hi = np.clip(hi, -0.5 / scale, size - 0.5 / scale)
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Labels with as many decimals as the range needs for three significant digits (0.0 / 6.4 / 12.7, 0 / 75 /
+    150, 0.000 / 0.185 / 0.370), none in scientific notation."""
+    span = max(ticks) - min(ticks)
+    decimals = int(max(0, 2 - np.floor(np.log10(span)))) if span > 0 else 2
+    return [f"{t:.{decimals}f}" for t in ticks]
+
+
+def label_colorbars(fig) -> None:
+    """Every colour bar of `fig` with ticks at its ends and the middle, each labelled: the minimum and maximum of
+    the scale are always readable."""
+    for ax in fig.axes:
+        cbar = getattr(ax, "_colorbar", None)
+        if cbar is None:
+            continue
+        vmin, vmax = float(cbar.norm.vmin), float(cbar.norm.vmax)
+        ticks = [vmin, (vmin + vmax) / 2, vmax] if vmax > vmin else [vmin]
+        cbar.set_ticks(ticks, labels=tick_labels(ticks))
+
+
 def _slide_with(adata: ad.AnnData, table: pd.DataFrame) -> ad.AnnData:
     slide = ad.AnnData(obs=table.copy(), obsm={"spatial": np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]})
     slide.uns["spatial"] = adata.uns.get("spatial", {})
@@ -105,7 +144,8 @@ def plot_abundance_maps(adata: ad.AnnData, stat: str = "q05", vmax_quantile: str
     table = abundance(adata, stat)
     slide = _slide_with(adata, table)
     lib, img_key, _ = library(adata)
-    kwargs = dict(cmap="magma", color=list(table.columns), ncols=ncols, size=1.3, vmin=0, vmax=vmax_quantile, show=False)
+    kwargs = dict(cmap="magma", color=list(table.columns), ncols=ncols, size=1.3, vmin=0, vmax=vmax_quantile, show=False,
+                  crop_coord=crop_box(adata, img_key if lib is not None else None))
     if lib is not None and img_key is not None:
         kwargs.update(img_key=img_key, library_id=lib)
     else:
@@ -116,6 +156,7 @@ def plot_abundance_maps(adata: ad.AnnData, stat: str = "q05", vmax_quantile: str
     with mpl.rc_context({"axes.facecolor": "black", "figure.figsize": [4.5, 5]}):
         sc.pl.spatial(slide, **kwargs)
         fig = plt.gcf()
+    label_colorbars(fig)
     fig.suptitle(f"{stat} cell abundance (cells per spot)")
     return fig
 
@@ -158,6 +199,9 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
                                                                       "spot_diameter_fullres": _spot_size_px(adata)}}}
         img_key = "hires"
     show_img = bool((slide.uns["spatial"][lib].get("images") or {}).get(img_key) is not None)
+    # the crop, in the coordinates plot_spatial draws in (full resolution x the image's scale factor)
+    left, right, top, bottom = crop_box(adata, img_key if show_img else None)
+    scale = float(slide.uns["spatial"][lib]["scalefactors"].get(f"tissue_{img_key}_scalef", 1.0))
     import matplotlib as mpl
 
     # the tutorial draws this at 15 x 15 inches: smaller, the colour-bar labels run into each other
@@ -173,7 +217,10 @@ def plot_overlay(adata: ad.AnnData, cell_types: list[str], stat: str = "q05"):
             # the tutorial's 6 for a Visium section (~4,000 spots), smaller as locations get denser (HD bins)
             circle_diameter=float(np.clip(6 * np.sqrt(4000 / max(1, adata.n_obs)), 0.4, 6)),
             colorbar_position="right",
+            crop_x=(left * scale, right * scale),
+            crop_y=(top * scale, bottom * scale),
         )
+    label_colorbars(fig)
     return fig
 
 
@@ -277,9 +324,12 @@ def plot_proportion_pies(adata: ad.AnnData, stat: str = "means", top_k: int = 4,
         axis.set_aspect("equal")
         axis.set_xticks([])
         axis.set_yticks([])
-    pad = 2 * radius
-    ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-    ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+    left, right, top, bottom = (v * scale for v in crop_box(adata, img_key))
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    # the zoom inside the crop too (shifted inwards, never past the image)
+    cx = float(np.clip(cx, left + half, right - half)) if right - left > 2 * half else (left + right) / 2
+    cy = float(np.clip(cy, top + half, bottom - half)) if bottom - top > 2 * half else (top + bottom) / 2
     ax.add_patch(Rectangle((cx - half, cy - half), 2 * half, 2 * half, fill=False, edgecolor="black", linewidth=1.2))
     zx.set_xlim(cx - half, cx + half)
     zx.set_ylim(cy + half, cy - half)

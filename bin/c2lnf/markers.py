@@ -1,0 +1,104 @@
+"""Cell-type markers: does the gene filter keep them, and do the sections measure them?
+
+A type's markers are its `N_MARKERS` most specific genes among those it expresses: specificity = the type's mean
+expression (counts per 10,000 per cell) over the sum of all types' means (cell2location's tutorial reads marker
+genes off its signatures the same way, `inf_aver / inf_aver.sum(1)`); "expressed" = detected in at least
+`MIN_DETECTED` of the type's cells (a quarter: at a tenth, the markers of a 10-cell type are genes seen in one
+cell). The filter step computes them on the whole reference (before the filter) and
+records, per gene, the types it marks (`<prefix>_genes.csv`, columns `marker_of`, `marker_rank`); the report
+counts, per type, how many of them the filter kept and how many of those each section measures (from the
+section's gene list in the mapping model's training JSON), and grades the count against `MIN_KEPT`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: markers per cell type
+N_MARKERS = 20
+#: PASS when a type keeps at least this many of its N_MARKERS markers after the gene filter (more than half), WARN
+#: down to MIN_KEPT_WARN, FAIL below (calibration: docs/output.md, "Markers")
+MIN_KEPT = 11
+MIN_KEPT_WARN = 3
+#: a gene is "expressed" by a type when detected in at least this fraction of its cells
+MIN_DETECTED = 0.25
+
+
+def type_means(adata, labels_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(genes x types mean counts per 10,000 per cell, genes x types fraction of cells with a count)."""
+    import scipy.sparse as sp
+
+    labels = pd.Categorical(adata.obs[labels_key].astype(str))
+    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X))
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = sp.diags(1e4 / np.where(totals > 0, totals, 1.0))
+    norm = scale @ X
+    onehot = sp.csr_matrix((np.ones(len(labels)), (labels.codes, np.arange(len(labels)))),
+                           shape=(len(labels.categories), len(labels)))
+    n = np.asarray(onehot.sum(axis=1)).ravel()[:, None]
+    means = np.asarray((onehot @ norm).todense()) / n
+    detected = np.asarray((onehot @ (X > 0).astype(np.float32)).todense()) / n
+    cols = list(map(str, labels.categories))
+    return (pd.DataFrame(means.T, index=adata.var_names, columns=cols),
+            pd.DataFrame(detected.T, index=adata.var_names, columns=cols))
+
+
+def top_markers(means: pd.DataFrame, detected: pd.DataFrame | None = None, n: int = N_MARKERS,
+                min_detected: float = MIN_DETECTED) -> dict[str, list[str]]:
+    """Per type (column of `means`) its `n` most specific genes, most specific first, among those it expresses
+    (detected in >= `min_detected` of its cells; without `detected`, every gene with a positive mean)."""
+    total = means.sum(axis=1).to_numpy()
+    spec = means.to_numpy() / np.where(total > 0, total, 1.0)[:, None]
+    out = {}
+    for j, t in enumerate(means.columns):
+        ok = (detected[t].to_numpy() >= min_detected) if detected is not None else np.ones(len(means), bool)
+        ok &= means[t].to_numpy() > 0
+        idx = np.flatnonzero(ok)
+        # ties (specificity 1 for genes only one type expresses): the higher mean first
+        order = np.lexsort((-means[t].to_numpy()[idx], -spec[idx, j]))
+        out[str(t)] = [str(g) for g in means.index[idx[order[:n]]]]
+    return out
+
+
+def marker_columns(markers: dict[str, list[str]], genes: pd.Index) -> pd.DataFrame:
+    """Per gene: `marker_of` (the types it marks, ';'-joined, '' if none) and `marker_rank` (its best rank, 1 =
+    most specific; empty if none), for `<prefix>_genes.csv`."""
+    of: dict[str, list[str]] = {}
+    rank: dict[str, int] = {}
+    for t, gs in markers.items():
+        for i, g in enumerate(gs, start=1):
+            of.setdefault(g, []).append(t)
+            rank[g] = min(rank.get(g, i), i)
+    return pd.DataFrame({"marker_of": [";".join(of.get(str(g), [])) for g in genes],
+                         "marker_rank": pd.array([rank.get(str(g)) for g in genes], dtype="Int64")}, index=genes)
+
+
+def markers_from_table(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Per type, its markers in rank order, read back from a genes table with `marker_of`/`marker_rank` (the
+    index or a `gene` column the gene ids, a `SYMBOL` column the names shown)."""
+    if "marker_of" not in table:
+        return {}
+    rows = table[table["marker_of"].fillna("").astype(str) != ""]
+    out: dict[str, list[tuple[int, str]]] = {}
+    for gene, row in rows.iterrows():
+        for t in str(row["marker_of"]).split(";"):
+            out.setdefault(t, []).append((int(row["marker_rank"]) if pd.notna(row["marker_rank"]) else 999, str(gene)))
+    return {t: [g for _, g in sorted(v)] for t, v in out.items()}
+
+
+def marker_check(markers: dict[str, list[str]], kept: set[str],
+                 sections: dict[str, set[str]] | None = None, symbols: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per type: markers, how many the filter kept, the names of those dropped, and per section how many of the
+    kept ones it measures (`in <section>` columns)."""
+    symbols = symbols or {}
+    rows = {}
+    for t, gs in markers.items():
+        k = [g for g in gs if g in kept]
+        row = {"markers": len(gs), "kept": len(k),
+               "dropped": ", ".join(symbols.get(g, g) for g in gs if g not in kept),
+               "kept_names": ", ".join(symbols.get(g, g) for g in k)}
+        for s, genes in (sections or {}).items():
+            row[f"in {s}"] = sum(g in genes for g in k)
+        rows[t] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
