@@ -242,7 +242,7 @@ def folderFingerprint(dir) {
  */
 def parseCsv(String text) {
     def st = [records: [], fields: [], field: new StringBuilder(), quoted: false, inQuotes: false, closed: false,
-              line: 1, wasQuoted: false, error: null]
+              line: 1, opened: 0, wasQuoted: false, error: null]
     def endField = {
         st.fields << (st.quoted ? st.field.toString() : st.field.toString().trim())
         st.field = new StringBuilder()
@@ -264,7 +264,7 @@ def parseCsv(String text) {
             if (st.closed) {                          // "" inside quotes: one quote
                 st.field.append('"'); st.inQuotes = true; st.closed = false
             } else if (!st.quoted && !st.field.toString().trim()) {
-                st.field = new StringBuilder(); st.quoted = true; st.wasQuoted = true; st.inQuotes = true
+                st.field = new StringBuilder(); st.quoted = true; st.wasQuoted = true; st.inQuotes = true; st.opened = st.line
             } else {
                 st.error = "line ${st.line}: a double quote inside a field that does not start with one " +
                            "(quote the whole field, and write a quote inside it as \"\")"
@@ -281,7 +281,7 @@ def parseCsv(String text) {
             }
         }
     }
-    if (!st.error && st.inQuotes) { st.error = "a double quote opened on or before line ${st.line} is never closed" }
+    if (!st.error && st.inQuotes) { st.error = "a double quote opened on line ${st.opened} is never closed" }
     if (!st.error) { endRecord() }
     return [records: st.records, error: st.error]
 }
