@@ -756,3 +756,13 @@ def test_signature_names_that_collide_or_types_without_expression(mtx_section, t
     result = map_cells(mtx_section, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
     check(result, 1, "sample 'signatures', field 'signatures': " + expected, outdir=tmp_path / "out",
           case=f"--signatures CSV: cell types {case}", step="map-cells")
+
+
+def test_a_10x_h5_given_as_h5ad_names_what_it_is(tmp_path):
+    """The kind of an input inferred from its contents, not its column: a Space Ranger matrix in the h5ad column."""
+    h5 = require(FIXTURES / "human_sr1_100x100" / "filtered_feature_bc_matrix.h5")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "S1", "--h5ad", h5, "--outdir", out, expect=None)
+    check(result, 1, "sample 'S1', field 'h5ad': filtered_feature_bc_matrix.h5 is a 10x HDF5 count matrix, not an "
+          "AnnData h5ad: give the Space Ranger folder that holds it (with spatial/) in the column 'spaceranger_dir'",
+          outdir=out, case="a 10x HDF5 matrix in the `h5ad` column", step="read-visium")

@@ -146,6 +146,10 @@ CASES = {
         f"sample,spaceranger_dir,donor\nln,{VISIUM},donor 1, batch 2\n", ["-stub"], "test,local",
         "Samplesheet {sheet}, row 2, sample 'ln': 4 fields for 3 columns (the value 'batch 2' has no column; "
         "a value with a comma must be in double quotes)"),
+    "sample_ids_differ_only_by_case": (
+        f"sample,h5ad\nLN,{H5AD}\nln,{VISIUM}/filtered_feature_bc_matrix.h5\n", ["-stub"], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' differs only by case from row 2 ('LN'): outputs are "
+        "named after it and would overwrite each other on a case-insensitive file system (macOS, Windows)"),
     "hd_bin_folder_gets_hd_defaults": (   # square_008um given directly: 1 cell per 8 um bin, not --n_cells_per_location
         f"sample,spaceranger_dir\nhd,{{folder}}/hd/outs/binned_outputs/square_008um\nln,{VISIUM}\n", ["-stub"],
         "test,local",

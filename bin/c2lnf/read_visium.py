@@ -356,9 +356,23 @@ def check_unique_barcodes(barcodes: pd.Index, sample: str, field: str, what: str
                        "must be listed once (two files concatenated?)", sample, field)
 
 
+def is_10x_h5(path: Path) -> bool:
+    """A 10x feature-barcode HDF5 (a 'matrix' group with barcodes and features), which anndata cannot read as h5ad."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return "matrix" in handle and "obs" not in handle and "barcodes" in handle["matrix"]
+    except (OSError, ValueError):
+        return False
+
+
 def read_section_h5ad(path: Path, sample: str, layer: str | None = None) -> ad.AnnData:
     """Read a section given as h5ad: it must carry spot coordinates in `obsm['spatial']`; `layer`: the layer
     (or 'raw' for .raw) that holds the counts, when X does not."""
+    if is_10x_h5(path):
+        raise C2LError(f"{Path(path).name} is a 10x HDF5 count matrix, not an AnnData h5ad: give the Space Ranger folder "
+                       "that holds it (with spatial/) in the column 'spaceranger_dir'", sample, "h5ad")
     try:
         adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:

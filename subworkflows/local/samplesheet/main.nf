@@ -178,6 +178,17 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
         }
         seen[key] = n
     }
+    // ids that differ only by case name outputs that overwrite each other on a case-insensitive file system
+    def folded = [:]
+    rows.each { meta, _input, n ->
+        def id = "${meta.id}".toLowerCase()
+        if (folded.containsKey(id) && folded[id][1] != meta.id) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field 'sample' differs only by case from row " +
+                  "${folded[id][0]} ('${folded[id][1]}'): outputs are named after it and would overwrite each other on a " +
+                  "case-insensitive file system (macOS, Windows)")
+        }
+        folded[id] = [n, meta.id]
+    }
     if (mappingMode != 'joint') { return }
     schema.items.properties.each { col, spec ->
         if (!spec.'x-same-in-joint-model') { return }
@@ -250,7 +261,7 @@ def parseCsv(String text) {
         st.closed = false
     }
     def endRecord = {
-        endField()
+        endField.call()
         if (!(st.fields.size() == 1 && st.fields[0] == '' && !st.wasQuoted)) { st.records << st.fields }
         st.fields = []
         st.wasQuoted = false
@@ -270,9 +281,9 @@ def parseCsv(String text) {
                            "(quote the whole field, and write a quote inside it as \"\")"
             }
         } else if (ch == ',') {
-            endField()
+            endField.call()
         } else if (ch == '\n') {
-            endRecord()
+            endRecord.call()
         } else if (ch != '\r') {
             if (st.closed && ch.trim()) {
                 st.error = "line ${st.line}: text after the closing quote of a field (quote the whole field)"
@@ -282,6 +293,6 @@ def parseCsv(String text) {
         }
     }
     if (!st.error && st.inQuotes) { st.error = "a double quote opened on line ${st.opened} is never closed" }
-    if (!st.error) { endRecord() }
+    if (!st.error) { endRecord.call() }
     return [records: st.records, error: st.error]
 }
