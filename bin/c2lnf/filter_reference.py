@@ -72,7 +72,7 @@ def check_near_duplicates(text: pd.Series, key: str, field: str, warn: bool = Tr
 
 def normalise_labels(values: pd.Series) -> pd.Series:
     """Labels as text without surrounding spaces ('B ' is 'B'): what every step compares and writes."""
-    return values.astype(str).map(_spaced)
+    return values.astype(str).str.strip()
 
 
 def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) -> None:
@@ -138,7 +138,7 @@ def load_reference(
             cols = ", ".join(map(str, adata.obs.columns[:12]))
             raise C2LError(f"column '{key}' is not in the reference obs (columns: {cols})", REFERENCE, field)
         check_labels(adata.obs[key], key, field, warn)
-        if adata.obs[key].astype(str).map(_spaced).ne(adata.obs[key].astype(str)).any():
+        if normalise_labels(adata.obs[key]).ne(adata.obs[key].astype(str)).any():
             adata.obs[key] = pd.Categorical(normalise_labels(adata.obs[key]))
         if field != "labels_key":
             check_batches(adata.obs[key], key, field, warn)
