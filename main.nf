@@ -52,11 +52,17 @@ def validateParameters(Map p) {
     schema['$defs'].each { _name, group -> props.putAll(group.properties) }
     def errors = []
     def ignore = ['help']
+    def misspelt = [:]   // --n-cells-per-location, nCellsPerLocation: refused with the name (they were dropped)
     p.each { key, value ->
-        if (key in ignore || key.contains('-')) { return }
+        if (key in ignore) { return }
         def spec = props[key]
         if (spec == null) {
-            log.warn "Unknown parameter --${key} (typo?); it is ignored"
+            def snake = key.replace('-', '_').replaceAll(/([a-z0-9])([A-Z])/, '$1_$2').toLowerCase()
+            if (props.containsKey(snake)) {
+                misspelt[snake] = (misspelt[snake] ?: []) + [key]
+            } else {
+                log.warn "Unknown parameter --${key} (typo?); it is ignored"
+            }
             return
         }
         if (value == null) { return }
@@ -86,6 +92,10 @@ def validateParameters(Map p) {
         } else if (spec.pattern && key != 'colocation_factors' && !("${value}" ==~ spec.pattern)) {
             errors << "--${key}: '${value}' is not of the form ${spec.pattern} (${spec.description})"
         }
+    }
+    misspelt.each { snake, keys ->
+        errors << "--${keys[0]}: pipeline parameters are written with underscores: --${snake} " +
+                  "(on the command line and in a -params-file; --${keys[0]} would be ignored)"
     }
     if (p.colocation_factors != null && !("${p.colocation_factors}" ==~ /\s*[0-9]+(\s*,\s*[0-9]+)*\s*/)) {
         errors << "--colocation_factors: expected comma-separated numbers of factors, e.g. 5,10,15, got '${p.colocation_factors}'"

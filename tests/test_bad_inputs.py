@@ -659,3 +659,110 @@ def test_genes_match_only_ignoring_case(mtx_section, tmp_path):
     check(result, 1, "sample 'mtx', field 'genes': no gene in common with the reference signatures",
           f"({n} match when upper and lower case are ignored, e.g.", "different species, e.g. human and mouse?",
           outdir=tmp_path / "out", case="genes that match only ignoring case (human vs mouse)", step="map-cells")
+
+
+# ---------------------------------------------------------------- issue 31: labels and empty cell types
+
+
+def with_labels(ref: ad.AnnData, cells, value) -> ad.AnnData:
+    ref = ref.copy()
+    labels = ref.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[cells] = value
+    ref.obs["cell_type"] = pd.Categorical(labels)
+    return ref
+
+
+@pytest.mark.parametrize("step", ["filter-reference", "train-reference"])
+def test_labels_that_differ_only_by_spaces_are_refused(small_reference, tmp_path, step):
+    """Ten of the B cells labelled 'B ': two B cell types before; now one line naming both spellings."""
+    b_cells = np.flatnonzero(small_reference.obs["cell_type"].astype(str) == "B")[:10]
+    path = write(with_labels(small_reference, b_cells, "B "), tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    extra = ["--max-epochs", "1", "--num-samples", "2", "--device", "cpu"] if step == "train-reference" else []
+    result = invoke(step, "--reference", path, "--labels-key", "cell_type", *extra, "--outdir", out, expect=None)
+    check(result, 1, "sample 'reference', field 'labels_key': column 'cell_type' has value(s) that differ only by "
+          "spaces: 'B' and 'B '; they would be separate cell types: make them the same label", outdir=out,
+          case="labels that differ only by spaces (`B` and `B `)", step="filter-reference, train-reference")
+
+
+def test_labels_with_surrounding_spaces_are_trimmed(small_reference, tmp_path):
+    """Every B cell labelled ' B ': one type, named 'B' in every output."""
+    ref = small_reference.copy()
+    ref.obs["cell_type"] = pd.Categorical([f" {x} " for x in ref.obs["cell_type"].astype(str)])
+    path = write(ref, tmp_path / "ref.h5ad")
+    invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--outdir", tmp_path / "ok")
+    filtered = ad.read_h5ad(tmp_path / "ok" / "reference_filtered.h5ad")
+    assert set(filtered.obs["cell_type"]) == set(small_reference.obs["cell_type"].astype(str))
+
+
+def test_labels_that_differ_only_by_case_warn(small_reference, tmp_path):
+    b_cells = np.flatnonzero(small_reference.obs["cell_type"].astype(str) == "B")[:10]
+    path = write(with_labels(small_reference, b_cells, "b"), tmp_path / "ref.h5ad")
+    warnings = tmp_path / "w.txt"
+    invoke("--warnings-file", warnings, "filter-reference", "--reference", path, "--labels-key", "cell_type",
+           "--outdir", tmp_path / "ok")
+    assert warnings_of(warnings) == ["reference: column 'cell_type' (labels_key) has value(s) that differ only by "
+                                     "case: 'B' and 'b'; they are kept as separate cell types (make them the same "
+                                     "label if they are one)"]
+
+
+def test_batches_that_differ_only_by_spaces_are_refused(small_reference, tmp_path):
+    ref = small_reference.copy()
+    ref.obs["donor"] = np.where(np.arange(ref.n_obs) % 3 == 0, "d1 ", "d1")
+    ref.obs.loc[ref.obs_names[:100], "donor"] = "d2"
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    result = invoke("filter-reference", "--reference", path, "--labels-key", "cell_type", "--batch-key", "donor",
+                    "--outdir", out, expect=None)
+    check(result, 1, "sample 'reference', field 'batch_key': column 'donor' has value(s) that differ only by spaces: "
+          "'d1' and 'd1 '", outdir=out, case="batch values that differ only by spaces", step="filter-reference")
+
+
+@pytest.mark.parametrize("step", ["filter-reference", "train-reference"])
+def test_cell_type_without_counts_is_refused(small_reference, tmp_path, step):
+    """A type whose cells are all zero trained a ~1e-4 signature and was placed in every spot; now refused."""
+    ref = small_reference.copy()
+    X = ref.X.toarray() if sp.issparse(ref.X) else np.array(ref.X)
+    vsmc = (ref.obs["cell_type"].astype(str) == "VSMC").to_numpy()
+    X[vsmc] = 0
+    ref.X = sp.csr_matrix(X)
+    path = write(ref, tmp_path / "ref.h5ad")
+    out = tmp_path / "out"
+    extra = ["--max-epochs", "1", "--num-samples", "2", "--device", "cpu"] if step == "train-reference" else []
+    result = invoke(step, "--reference", path, "--labels-key", "cell_type", *extra, "--outdir", out, expect=None)
+    check(result, 1, f"sample 'reference', field 'labels_key': cell type(s) without any count: VSMC ({int(vsmc.sum())} "
+          "cells); their cells are empty: drop them or fix the counts", outdir=out,
+          case="a cell type whose cells have no counts", step="filter-reference, train-reference")
+
+
+@pytest.mark.parametrize("case", ["spaces", "twice", "zeros"])
+def test_signature_names_that_collide_or_types_without_expression(mtx_section, tmp_path, case):
+    section = ad.read_h5ad(mtx_section)
+    sig = signatures_for(section.var_names)
+    text = None
+    if case == "spaces":
+        sig = sig.rename(columns={"Oligo": "Astro "})
+        expected = "cell types 'Astro' and 'Astro ' differ only by spaces; every column must be a different cell type"
+    elif case == "twice":
+        text = sig.rename(columns={"Oligo": "Astro"}).to_csv()
+        expected = "cell type 'Astro' appears twice; every column must be a different cell type"
+    else:
+        sig["Oligo"] = 0.0
+        expected = "cell type(s) without any expression: 'Oligo'; a signature of zeros cannot be mapped"
+    if text is None:
+        sig.to_csv(tmp_path / "sig.csv")
+    else:
+        (tmp_path / "sig.csv").write_text(text)
+    result = map_cells(mtx_section, signatures=tmp_path / "sig.csv", outdir=tmp_path / "out")
+    check(result, 1, "sample 'signatures', field 'signatures': " + expected, outdir=tmp_path / "out",
+          case=f"--signatures CSV: cell types {case}", step="map-cells")
+
+
+def test_a_10x_h5_given_as_h5ad_names_what_it_is(tmp_path):
+    """The kind of an input inferred from its contents, not its column: a Space Ranger matrix in the h5ad column."""
+    h5 = require(FIXTURES / "human_sr1_100x100" / "filtered_feature_bc_matrix.h5")
+    out = tmp_path / "out"
+    result = invoke("read-visium", "--sample", "S1", "--h5ad", h5, "--outdir", out, expect=None)
+    check(result, 1, "sample 'S1', field 'h5ad': filtered_feature_bc_matrix.h5 is a 10x HDF5 count matrix, not an "
+          "AnnData h5ad: give the Space Ranger folder that holds it (with spatial/) in the column 'spaceranger_dir'",
+          outdir=out, case="a 10x HDF5 matrix in the `h5ad` column", step="read-visium")

@@ -125,6 +125,36 @@ CASES = {
         f"sample,spaceranger_dir\nln,{VISIUM}\n",
         ["--input_base_dir", "{testdata}", "--reference", str(LYMPH_NODE / "reference.h5ad")], "local",
         "--labels_key: required with --reference"),
+    # issue 31 (-stub: the old code ran these to the end without a word, and the stub run keeps that short)
+    "kebab_case_param": (
+        None, ["--n-cells-per-location", "8", "-stub"], "test,local",
+        "--n-cells-per-location: pipeline parameters are written with underscores: --n_cells_per_location "
+        "(on the command line and in a -params-file; --n-cells-per-location would be ignored)"),
+    "kebab_case_in_params_file": (
+        None, ["-params-file", "{folder}/params.yml", "-stub"], "test,local",
+        "--n-cells-per-location: pipeline parameters are written with underscores: --n_cells_per_location"),
+    "camel_case_param": (
+        None, ["--nCellsPerLocation", "8", "-stub"], "test,local",
+        "--nCellsPerLocation: pipeline parameters are written with underscores: --n_cells_per_location"),
+    "quoted_field_keeps_its_comma": (   # one field "ln,1" (not 'ln' and '1'), then the schema's pattern applies
+        f'sample,spaceranger_dir\n"ln,1",{VISIUM}\n', ["-stub"], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln,1': field 'sample' may only contain letters, digits, '_', '.', '-'"),
+    "quote_never_closed": (
+        f'sample,spaceranger_dir,donor\nln,{VISIUM},"donor 1\n', ["-stub"], "test,local",
+        "Samplesheet {sheet}: a double quote opened on line 2 is never closed"),
+    "more_fields_than_columns": (   # an unquoted comma in a value: was dropped without a word
+        f"sample,spaceranger_dir,donor\nln,{VISIUM},donor 1, batch 2\n", ["-stub"], "test,local",
+        "Samplesheet {sheet}, row 2, sample 'ln': 4 fields for 3 columns (the value 'batch 2' has no column; "
+        "a value with a comma must be in double quotes)"),
+    "sample_ids_differ_only_by_case": (
+        f"sample,h5ad\nLN,{H5AD}\nln,{VISIUM}/filtered_feature_bc_matrix.h5\n", ["-stub"], "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'sample' differs only by case from row 2 ('LN'): outputs are "
+        "named after it and would overwrite each other on a case-insensitive file system (macOS, Windows)"),
+    "hd_bin_folder_gets_hd_defaults": (   # square_008um given directly: 1 cell per 8 um bin, not --n_cells_per_location
+        f"sample,spaceranger_dir\nhd,{{folder}}/hd/outs/binned_outputs/square_008um\nln,{VISIUM}\n", ["-stub"],
+        "test,local",
+        "Samplesheet {sheet}, row 3, sample 'ln': field 'n_cells_per_location' must be the same in every row when "
+        "the sections are mapped in one joint model (hd=1, ln=30)"),
 }
 
 
@@ -140,10 +170,15 @@ def results(tmp_path_factory, request):
         folder.mkdir()
         (folder / "afile.txt").write_text("not a folder\n")
         (folder / "samplesheet.xlsx").write_bytes(b"PK\x03\x04 an Excel workbook is a zip file")
+        (folder / "params.yml").write_text("n-cells-per-location: 8\n")
         args = []
+        if text is not None and "{folder}/hd/" in text:
+            from test_visium_hd import write_hd_fixture
+
+            write_hd_fixture(folder / "hd")
         if text is not None:
             sheet = folder / "samplesheet.csv"
-            sheet.write_text(text)
+            sheet.write_text(text.replace("{folder}", str(folder)))
             args += ["--input", sheet]
         args += [a.format(sig=sig, testdata=LYMPH_NODE.parent, folder=folder) for a in extra]
         return case, run_nf(folder, *args, profile=profile, timeout=300)
@@ -188,7 +223,8 @@ def test_task_warnings_reach_the_console_and_pipeline_info(tmp_path_factory):
     """A warning of a c2l step (here: duplicated gene ids renamed by READ_VISIUM) is shown by Nextflow (WARN:) and
     written to pipeline_info/warnings.txt, not only to the task's .command.err; the task's c2l.warnings.txt is
     not published with the step's outputs. The section keeps normalised values in X and its counts in
-    layers['counts'], named by the samplesheet's `layer` column."""
+    layers['counts'], named by the samplesheet's `layer` column; a quoted metadata value with a comma reaches obs
+    whole (issue 31)."""
     import anndata as ad
     import numpy as np
     import pandas as pd
@@ -206,7 +242,8 @@ def test_task_warnings_reach_the_console_and_pipeline_info(tmp_path_factory):
     sig = pd.DataFrame(rng.uniform(0.1, 5, size=(19, 3)), index=genes[:19], columns=["A", "B", "C"])
     sig.index.name = "gene"
     sig.to_csv(folder / "sig.csv")
-    (folder / "samplesheet.csv").write_text("sample,h5ad,layer\nw,w.h5ad,counts\n")
+    # a quoted metadata value with a comma (issue 31: was cut to '"donor 1' without a word)
+    (folder / "samplesheet.csv").write_text('sample,h5ad,layer,donor\nw,w.h5ad,counts,"donor 1, batch 2"\n')
     run = run_nf(folder, "--input", folder / "samplesheet.csv", "--signatures", folder / "sig.csv",
                  "--map_max_epochs", "3", "--map_min_epochs", "1", "--map_num_samples", "2", profile="local")
     assert run.returncode == 0, run.describe()
@@ -218,6 +255,7 @@ def test_task_warnings_reach_the_console_and_pipeline_info(tmp_path_factory):
     assert "c2l.warnings.txt" not in published and "w.h5ad" in published, sorted(published)
     read = ad.read_h5ad(run.outdir / "read_visium" / "w.h5ad")
     np.testing.assert_array_equal(read.X.toarray(), counts)   # the counts layer, not the log values of X
+    assert set(read.obs["donor"].astype(str)) == {"donor 1, batch 2"}
 
 
 def test_reference_layer_reaches_filter_reference(tmp_path_factory):

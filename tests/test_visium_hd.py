@@ -4,6 +4,7 @@ feature-barcode HDF5, spatial/tissue_positions.parquet and spatial/scalefactors_
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -101,3 +102,35 @@ def test_parquet_without_a_position_column_is_a_clean_error(tmp_path):
                     expect=None)
     assert_failed_cleanly(result, 1, "sample 'hd3', field 'spaceranger_dir'",
                           "tissue_positions.parquet lacks column(s) ['pxl_row_in_fullres']", outdir=tmp_path / "out")
+
+
+# ---------------------------------------------------------------- issue 31: a bin folder given directly
+
+
+@pytest.mark.parametrize("size, n_side", [(8, 24), (16, 12)])
+def test_a_bin_folder_given_directly_is_read_as_visium_hd(hd, tmp_path, size, n_side):
+    """square_NNNum/ itself (or binned_outputs/) is recognised by its contents: HD bins at that folder's size."""
+    folder = hd / "binned_outputs" / f"square_{size:03d}um"
+    for given, args in ((folder, []), (folder, ["--bin-size", str(size)]), (hd / "binned_outputs", ["--bin-size", str(size)])):
+        out = tmp_path / f"out_{given.name}_{len(args)}"
+        invoke("read-visium", "--sample", "hd1", "--spaceranger-dir", given, *args, "--outdir", out)
+        adata = ad.read_h5ad(out / "hd1.h5ad")
+        meta = adata.uns["spatial"]["hd_lib"]["metadata"]
+        assert meta["visium_hd"] and meta["bin_size_um"] == size
+        assert adata.n_obs == (n_side - 2) ** 2
+
+
+def test_a_renamed_bin_folder_is_still_read_as_visium_hd(hd, tmp_path):
+    """Recognised by its contents (parquet positions, scalefactors with bin_size_um), not by its name."""
+    copy = tmp_path / "my_section"
+    shutil.copytree(hd / "binned_outputs" / "square_008um", copy)
+    invoke("read-visium", "--sample", "hd1", "--spaceranger-dir", copy, "--outdir", tmp_path / "out")
+    meta = ad.read_h5ad(tmp_path / "out" / "hd1.h5ad").uns["spatial"]["hd_lib"]["metadata"]
+    assert meta["visium_hd"] and meta["bin_size_um"] == 8
+
+
+def test_bin_size_that_disagrees_with_a_bin_folder_is_refused(hd, tmp_path):
+    result = invoke("read-visium", "--sample", "hd1", "--spaceranger-dir", hd / "binned_outputs" / "square_008um",
+                    "--bin-size", "16", "--outdir", tmp_path / "out", expect=None)
+    assert_failed_cleanly(result, 1, "sample 'hd1', field 'bin_size': bin_size is 16, but",
+                          "square_008um holds 8 um bins (Visium HD bin folder)", outdir=tmp_path / "out")

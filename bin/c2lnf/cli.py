@@ -449,6 +449,9 @@ def versions_cmd(process):
 
 
 def main() -> None:
+    from .runtime import install_stop_handlers
+
+    install_stop_handlers()
     cli(prog_name="c2l")
 
 

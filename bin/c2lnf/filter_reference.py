@@ -25,8 +25,9 @@ FEW_CELLS_WARN = 10
 MISSING_TEXT = {"nan", "none", "na", "n/a", "null", "<na>"}
 
 
-def check_labels(labels: pd.Series, key: str, field: str) -> None:
-    """Missing, empty or whitespace-only labels, and missing values written as text ('nan'), named as such."""
+def check_labels(labels: pd.Series, key: str, field: str, warn: bool = True) -> None:
+    """Missing, empty or whitespace-only labels, missing values written as text ('nan'), and labels that differ
+    only by spaces (or case: a warning), named as such."""
     if labels.isna().any():
         raise C2LError(f"column '{key}' has {int(labels.isna().sum())} missing value(s)", REFERENCE, field)
     text = labels.astype(str)
@@ -39,6 +40,39 @@ def check_labels(labels: pd.Series, key: str, field: str) -> None:
         word = text[as_text].iloc[0]
         raise C2LError(f"column '{key}' has {int(as_text.sum())} value(s) '{word}': a missing value written as text; "
                        "label those cells or drop them", REFERENCE, field)
+    check_near_duplicates(text, key, field, warn)
+
+
+def _spaced(label: str) -> str:
+    return " ".join(label.split())
+
+
+def check_near_duplicates(text: pd.Series, key: str, field: str, warn: bool = True) -> None:
+    """Two labels that differ only by spaces (around or inside: 'B' and 'B ') would be two cell types (two
+    signatures, two columns, legends that look identical): refused, naming them. Two that differ only by case
+    ('T_cd4' and 'T_CD4') stay two types, with a warning (they may be meant apart)."""
+    levels = pd.Index(text.unique())
+    groups: dict[str, list[str]] = {}
+    for label in levels:
+        groups.setdefault(_spaced(label), []).append(label)
+    clashes = [sorted(labels) for labels in groups.values() if len(labels) > 1]
+    if clashes:
+        listing = "; ".join(" and ".join(repr(x) for x in labels) for labels in clashes[:5])
+        raise C2LError(f"column '{key}' has value(s) that differ only by spaces: {listing}; they would be separate "
+                       "cell types: make them the same label", REFERENCE, field)
+    by_case: dict[str, list[str]] = {}
+    for label in levels:
+        by_case.setdefault(_spaced(label).casefold(), []).append(label)
+    cased = [sorted(labels) for labels in by_case.values() if len(labels) > 1]
+    if cased and warn:
+        listing = "; ".join(" and ".join(repr(x) for x in labels) for labels in cased[:5])
+        LOG.warning("reference: column '%s' (%s) has value(s) that differ only by case: %s; they are kept as separate "
+                    "cell types (make them the same label if they are one)", key, field, listing)
+
+
+def normalise_labels(values: pd.Series) -> pd.Series:
+    """Labels as text without surrounding spaces ('B ' is 'B'): what every step compares and writes."""
+    return values.astype(str).str.strip()
 
 
 def check_batches(values: pd.Series, key: str, field: str, warn: bool = True) -> None:
@@ -58,6 +92,21 @@ def same_partition(a: pd.Series, b: pd.Series) -> bool:
     """Whether two columns group the cells identically (one value of `a` per value of `b` and back)."""
     pairs = pd.DataFrame({"a": a.astype(str).to_numpy(), "b": b.astype(str).to_numpy()}).drop_duplicates()
     return bool(len(pairs) == pairs["a"].nunique() == pairs["b"].nunique())
+
+
+def check_types_have_counts(adata: ad.AnnData, labels_key: str) -> None:
+    """A cell type whose cells hold no count at all would still get a signature (the prior's ~1e-4 per gene) and be
+    placed in every spot: refused by name. After the gene filter (train-reference) this covers the kept genes."""
+    labels = adata.obs[labels_key].astype(str).to_numpy()
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    per_type = pd.Series(totals).groupby(labels).sum()
+    empty = per_type[per_type <= 0]
+    if len(empty):
+        cells = pd.Series(labels).value_counts()
+        listing = ", ".join(f"{k} ({cells[k]} cells)" for k in empty.index)
+        genes = "" if "c2l_filter" not in adata.uns else " over the genes kept by the gene filter"
+        raise C2LError(f"cell type(s) without any count{genes}: {listing}; their cells are empty: drop them or fix "
+                       "the counts", REFERENCE, "labels_key")
 
 
 def symbols_column(adata: ad.AnnData) -> pd.Series | None:
@@ -94,7 +143,9 @@ def load_reference(
         if key not in adata.obs:
             cols = ", ".join(map(str, adata.obs.columns[:12]))
             raise C2LError(f"column '{key}' is not in the reference obs (columns: {cols})", REFERENCE, field)
-        check_labels(adata.obs[key], key, field)
+        check_labels(adata.obs[key], key, field, warn)
+        if normalise_labels(adata.obs[key]).ne(adata.obs[key].astype(str)).any():
+            adata.obs[key] = pd.Categorical(normalise_labels(adata.obs[key]))
         if field != "labels_key":
             check_batches(adata.obs[key], key, field, warn)
     if batch_key is not None and same_partition(adata.obs[labels_key], adata.obs[batch_key]):
@@ -136,6 +187,7 @@ def load_reference(
         )
     if len(counts) < 2:
         raise C2LError(f"only {len(counts)} cell type in '{labels_key}'; at least 2 are needed", REFERENCE, "labels_key")
+    check_types_have_counts(adata, labels_key)
     few = counts[counts < FEW_CELLS_WARN]
     if warn and len(few):
         LOG.warning("reference: %d cell type(s) with fewer than %d cells (%s): their signatures rest on very few cells",
@@ -232,6 +284,7 @@ def run(reference: Path, labels_key: str, batch_key: str | None, categorical_cov
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, gene_id_column, min_cells_per_type,
                            layer)
     filtered, figures = filter_reference(adata, cell_count_cutoff, cell_percentage_cutoff2, nonz_mean_cutoff)
+    check_types_have_counts(filtered, labels_key)
     markers = reference_markers(adata, labels_key)
     check = log_markers(markers, adata, filtered.var_names)
     filtered.uns["c2l_filter"]["markers_kept"] = {str(t): int(k) for t, k in check["kept"].items()}

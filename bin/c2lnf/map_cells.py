@@ -52,8 +52,32 @@ def read_signatures(path: Path) -> pd.DataFrame:
     if table.index.duplicated().any():
         raise C2LError(f"duplicated gene(s), e.g. {table.index[table.index.duplicated()][0]}", "signatures", "signatures")
     table.index = table.index.astype(str)
-    table.columns = table.columns.astype(str)
+    table.columns = pd.Index(signature_names(path, table.shape[1]))
+    silent = [c for c in table.columns if not (table[c] > 0).any()]
+    if silent:
+        raise C2LError(f"cell type(s) without any expression: {', '.join(map(repr, silent[:5]))}; a signature of zeros "
+                       "cannot be mapped: drop the column(s)", "signatures", "signatures")
     return table
+
+
+def signature_names(path: Path, n: int) -> list[str]:
+    """The cell-type names of a signatures CSV's header as written (pandas renames a repeated name 'B' to 'B.1'),
+    refused when two are the same or differ only by spaces ('B' and 'B '); surrounding spaces are dropped."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle))[1:]
+    if len(header) != n:   # (cannot happen after read_csv, but never pair names with the wrong columns)
+        raise C2LError(f"the header names {len(header)} cell types for {n} columns", "signatures", "signatures")
+    seen: dict[str, str] = {}
+    for name in header:
+        key = " ".join(name.split())
+        if key in seen:
+            what = (f"cell type {name!r} appears twice" if seen[key] == name
+                    else f"cell types {seen[key]!r} and {name!r} differ only by spaces")
+            raise C2LError(f"{what}; every column must be a different cell type", "signatures", "signatures")
+        seen[key] = name
+    return list(seen)
 
 
 def shared_genes(sections: dict[str, ad.AnnData], signatures: pd.DataFrame) -> pd.Index:

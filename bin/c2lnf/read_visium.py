@@ -143,11 +143,39 @@ HD_BIN_SIZES = (8, 16)
 HD_DEFAULT_BIN = 16
 
 
+def hd_bin_size(folder: Path, sample: str) -> int | None:
+    """The bin size (um) of a Visium HD bin folder (square_NNNum/: spatial/tissue_positions.parquet, and
+    spatial/scalefactors_json.json with bin_size_um), recognised by what it holds whatever its name; None for
+    anything else (a standard Visium section has neither)."""
+    spatial = folder / "spatial"
+    scalefactors = {}
+    if (spatial / "scalefactors_json.json").is_file():
+        try:
+            scalefactors = json.loads((spatial / "scalefactors_json.json").read_text())
+        except (OSError, ValueError):
+            scalefactors = {}
+    size = scalefactors.get("bin_size_um") if isinstance(scalefactors, dict) else None
+    if size is None and not (spatial / "tissue_positions.parquet").is_file():
+        return None
+    if size is None:
+        named = re.fullmatch(r"square_0*(\d+)um", folder.name)
+        if not named:
+            raise C2LError(f"{folder} holds Visium HD bins (spatial/tissue_positions.parquet) but neither its "
+                           "scalefactors_json.json (bin_size_um) nor its name (square_NNNum) gives the bin size",
+                           sample, "spaceranger_dir")
+        size = named.group(1)
+    return int(float(size))
+
+
 def find_hd_bins(sr_dir: Path, sample: str, bin_size: int | None) -> Path | None:
     """The binned folder of a Visium HD output (Space Ranger >= 3: [outs/]binned_outputs/square_NNNum/), or None
-    for a standard Visium folder. `bin_size` (um, 8 or 16; default 16) picks the bin."""
-    for base in (sr_dir, sr_dir / "outs"):
-        binned = base / "binned_outputs"
+    for a standard Visium folder. `bin_size` (um, 8 or 16; default 16) picks the bin. The folder may be the run's,
+    its outs/, binned_outputs/ itself or one bin folder (recognised by its contents, see `hd_bin_size`); a bin folder
+    given directly is read at its own bin size (`bin_size`, when given, must agree)."""
+    candidates = [sr_dir / "binned_outputs", sr_dir / "outs" / "binned_outputs"]
+    if any(sr_dir.glob("square_*um/spatial")):   # binned_outputs/ itself
+        candidates.append(sr_dir)
+    for binned in candidates:
         if binned.is_dir():
             size = HD_DEFAULT_BIN if bin_size is None else int(bin_size)
             if size not in HD_BIN_SIZES:
@@ -158,6 +186,15 @@ def find_hd_bins(sr_dir: Path, sample: str, bin_size: int | None) -> Path | None
                 have = sorted(p.name for p in binned.glob("square_*um"))
                 raise C2LError(f"no {folder.name} in {binned} (found: {', '.join(have) or 'none'})", sample, "bin_size")
             return folder
+    own = hd_bin_size(sr_dir, sample)
+    if own is not None:
+        if own not in HD_BIN_SIZES:
+            raise C2LError(f"{sr_dir} holds {own} um bins: cell2location needs 8 or 16 um bins (2 um bins hold too few "
+                           "counts); give the square_008um or square_016um folder", sample, "spaceranger_dir")
+        if bin_size is not None and int(bin_size) != own:
+            raise C2LError(f"bin_size is {int(bin_size)}, but {sr_dir} holds {own} um bins (Visium HD bin folder); "
+                           f"give its binned_outputs/ folder to choose the bin size", sample, "bin_size")
+        return sr_dir
     if bin_size is not None:
         raise C2LError(f"bin_size is for Visium HD outputs, and {sr_dir} has no binned_outputs/ (nor outs/binned_outputs/)",
                        sample, "bin_size")
@@ -319,9 +356,23 @@ def check_unique_barcodes(barcodes: pd.Index, sample: str, field: str, what: str
                        "must be listed once (two files concatenated?)", sample, field)
 
 
+def is_10x_h5(path: Path) -> bool:
+    """A 10x feature-barcode HDF5 (a 'matrix' group with barcodes and features), which anndata cannot read as h5ad."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return "matrix" in handle and "obs" not in handle and "barcodes" in handle["matrix"]
+    except (OSError, ValueError):
+        return False
+
+
 def read_section_h5ad(path: Path, sample: str, layer: str | None = None) -> ad.AnnData:
     """Read a section given as h5ad: it must carry spot coordinates in `obsm['spatial']`; `layer`: the layer
     (or 'raw' for .raw) that holds the counts, when X does not."""
+    if is_10x_h5(path):
+        raise C2LError(f"{Path(path).name} is a 10x HDF5 count matrix, not an AnnData h5ad: give the Space Ranger folder "
+                       "that holds it (with spatial/) in the column 'spaceranger_dir'", sample, "h5ad")
     try:
         adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:

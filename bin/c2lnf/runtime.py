@@ -386,3 +386,44 @@ def package_digest() -> str:
         md.update(("/" + str(f.relative_to(root))).encode())
         md.update(f.read_bytes())
     return md.hexdigest()[:16]
+
+
+#: seconds a stopped step gets to clean up (its staging folder) before it exits regardless
+STOP_GRACE_SECONDS = 15
+
+
+def install_stop_handlers() -> None:
+    """Make sure a stopped task never outlives its run (issue 31).
+
+    - SIGINT: Nextflow's task wrapper starts the step in a background subshell, and a non-interactive shell starts
+      background commands with SIGINT ignored, which Python then keeps: Ctrl-C reached the step only through the
+      wrapper's trap. The step now stops on SIGINT itself.
+    - SIGINT, SIGTERM, SIGHUP: a SystemExit (128 + signal) in the main thread, so that `staged_outputs` removes
+      its staging folder; a library that catches it (Lightning's graceful shutdown) cannot keep the step going: it
+      exits after STOP_GRACE_SECONDS regardless.
+    - Linux: the step gets SIGTERM when the shell that started it dies (PR_SET_PDEATHSIG), e.g. a wrapper killed
+      with SIGKILL, so it is never left running as an orphan.
+    """
+    import signal
+    import threading
+
+    def stop(signum, _frame):
+        code = 128 + signum
+        timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, args=(code,))
+        timer.daemon = True
+        timer.start()
+        for other in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # once; the timer does the rest
+            signal.signal(other, signal.SIG_IGN)
+        raise SystemExit(code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass

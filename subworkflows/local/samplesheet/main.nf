@@ -4,7 +4,7 @@
  * Every column's type, pattern and rule lives in the schema; this file only interprets it: the nf-schema
  * keywords the schema uses (type, pattern, format + exists, exclusiveMinimum/minimum/maximum, enum, required,
  * meta, errorMessage, uniqueEntries) and the pipeline's own x- keywords (x-default-param, x-default-by,
- * x-default-if-path, x-requires, x-exactly-one-of, x-same-in-joint-model). Rules across rows are checked here, before any task starts. Errors name the row,
+ * x-default-if-path, x-default-from-json, x-requires, x-exactly-one-of, x-same-in-joint-model). Rules across rows are checked here, before any task starts. Errors name the row,
  * the sample and the field:
  *     Samplesheet <path>, row <n>, sample '<id>': field '<column>' <what is wrong>
  */
@@ -24,10 +24,14 @@ def readSamplesheet(Map opts) {
     if (sheet.name.toLowerCase() ==~ /.*\.(xlsx|xls|ods)$/) {
         error("Samplesheet ${path}: a spreadsheet workbook, not a CSV file; save it as CSV (comma-separated)")
     }
-    def lines  = sheet.readLines().findAll { line -> line.trim() }
-    if (!lines) { error("Samplesheet ${path}: the file is empty") }
     // a UTF-8 byte-order mark (Excel's "CSV UTF-8") would otherwise become part of the first column's name
-    def header = lines[0].replaceFirst('^\uFEFF', '').split(',', -1).collect { h -> h.trim().replaceAll('^"|"$', '') }
+    def text   = sheet.text.replaceFirst('^\uFEFF', '')
+    def lines  = text.readLines().findAll { line -> line.trim() }
+    if (!lines) { error("Samplesheet ${path}: the file is empty") }
+    // CSV as RFC 4180 writes it: "donor 1, batch 2" is one field (quotes, commas and line breaks inside quotes)
+    def parsed = parseCsv(text)
+    if (parsed.error) { error("Samplesheet ${path}: ${parsed.error}") }
+    def header = parsed.records[0].collect { h -> h.trim() }
     if (header.size() == 1) {   // Excel in many locales saves 'CSV' with ';', and some tools write tabs
         def sep = [';': 'semicolons', '\t': 'tabs'].find { ch, _name -> lines[0].contains(ch) }
         if (sep) { error("Samplesheet ${path}: the header is separated by ${sep.value}, not commas; save it as comma-separated CSV") }
@@ -50,10 +54,17 @@ def readSamplesheet(Map opts) {
     }
     def base = opts.base_dir ? file(opts.base_dir) : sheet.parent
     def rows = []
-    sheet.splitCsv(header: header, skip: 1, strip: true).eachWithIndex { row, i ->
+    parsed.records.drop(1).eachWithIndex { fields, i ->
         def n = i + 2
+        def row = [:]
+        header.eachWithIndex { h, j -> row[h] = j < fields.size() ? fields[j] : '' }
         def sample = row.sample ?: ''
         def where = sample ? "Samplesheet ${path}, row ${n}, sample '${sample}'" : "Samplesheet ${path}, row ${n}"
+        def extra = fields.drop(header.size()).findAll { v -> v }
+        if (extra) {
+            error("${where}: ${fields.size()} fields for ${header.size()} columns (the value '${extra[0]}' has no column; " +
+                  "a value with a comma must be in double quotes)")
+        }
         items.required.each { col -> if (!row[col]) { error("${where}: field '${col}' is empty") } }
         unnamed.each { key, col ->
             if (row[key]) { error("${where}: column ${col} has the value '${row[key]}' but no name in the header") }
@@ -75,6 +86,24 @@ def readSamplesheet(Map opts) {
                 def dir = row[rule.under].startsWith('/') ? file(row[rule.under]) : base.resolve(row[rule.under])
                 if (rule.any.any { sub -> dir.resolve(sub).exists() }) { raw = rule.value.toString(); row[col] = raw }
             }
+            if (!raw && spec.'x-default-from-json' && row[spec.'x-default-from-json'.under]) {  // a Visium HD bin folder
+                def rule = spec.'x-default-from-json'
+                def dir = row[rule.under].startsWith('/') ? file(row[rule.under]) : base.resolve(row[rule.under])
+                def json = dir.resolve(rule.file)
+                def found = null
+                if (json.isFile()) {
+                    try {
+                        found = new groovy.json.JsonSlurper().parse(json.toFile())
+                    } catch (Exception e) {
+                        error("${where}: field '${rule.under}': ${rule.file} is not valid JSON: ${e.message}")
+                    }
+                }
+                def value = found instanceof Map ? found[rule.key] : null
+                if (value != null) {
+                    raw = value.toString().isBigDecimal() ? value.toString().toBigDecimal().stripTrailingZeros().toPlainString() : value.toString()
+                    row[col] = raw
+                }
+            }
             if (!raw && spec.'x-default-by') {  // a default that depends on another column (e.g. the Visium HD bin size)
                 def by = spec.'x-default-by'
                 raw = by.values[(row[by.column] ?: '').trim()]?.toString() ?: ''
@@ -86,6 +115,8 @@ def readSamplesheet(Map opts) {
             (spec.meta ?: []).each { key -> meta[key] = value }
         }
         meta.input_type = given ? given[0] : null
+        // a folder's cache key: Nextflow's is its path, size and time, which editing a file inside does not change
+        if (input != null && input.isDirectory()) { meta.fingerprint = folderFingerprint(input) }
         meta.metadata = row.findAll { k, v -> !props.containsKey(k) && v }.collectEntries { k, v -> [k, v] }
         rows << [meta, input, n]
     }
@@ -147,6 +178,17 @@ def checkAcrossRows(String path, Map schema, List rows, String mappingMode) {
         }
         seen[key] = n
     }
+    // ids that differ only by case name outputs that overwrite each other on a case-insensitive file system
+    def folded = [:]
+    rows.each { meta, _input, n ->
+        def id = "${meta.id}".toLowerCase()
+        if (folded.containsKey(id) && folded[id][1] != meta.id) {
+            error("Samplesheet ${path}, row ${n}, sample '${meta.id}': field 'sample' differs only by case from row " +
+                  "${folded[id][0]} ('${folded[id][1]}'): outputs are named after it and would overwrite each other on a " +
+                  "case-insensitive file system (macOS, Windows)")
+        }
+        folded[id] = [n, meta.id]
+    }
     if (mappingMode != 'joint') { return }
     schema.items.properties.each { col, spec ->
         if (!spec.'x-same-in-joint-model') { return }
@@ -181,4 +223,76 @@ def checkSameSection(String path, List rows) {
         }
         sources[real.toString()] = [meta.id, n]
     }
+}
+
+/*
+ * The cache key of a section folder (issue 31), so that -resume reruns READ_VISIUM (and all after it) when any
+ * file in it changed: SHA-256 over every file's relative path, size and modification time, plus the content of
+ * the files of at most 1 MiB (positions, scale factors: an edit that keeps size and time is still seen). Large
+ * files (count matrices, images) are never read. Symbolic links are followed, as when the folder is staged.
+ */
+def folderFingerprint(dir) {
+    def limit = 1024 * 1024
+    def entries = []
+    dir.eachFileRecurse(groovy.io.FileType.FILES) { f -> entries << f }
+    def digest = java.security.MessageDigest.getInstance('SHA-256')
+    def local = dir.toUri().scheme == 'file'
+    entries.collect { f -> [dir.relativize(f).toString(), f] }.sort { a, b -> a[0] <=> b[0] }.each { rel, f ->
+        def size = f.size()
+        def time = java.nio.file.Files.getLastModifiedTime(f).toString()
+        digest.update("${rel}\u0000${size}\u0000${time}\u0000".toString().getBytes('UTF-8'))
+        if (local && size <= limit) { digest.update(f.bytes) }
+    }
+    return "${entries.size()} files: " + new BigInteger(1, digest.digest()).toString(16).padLeft(64, '0')
+}
+
+/*
+ * CSV text as RFC 4180 has it: a field in double quotes may hold commas, line breaks and "" for a quote.
+ * Unquoted fields are trimmed, quoted ones kept as written; blank lines are skipped. Returns
+ * [records: [[field, ...], ...], error: null or what is wrong, with its line].
+ */
+def parseCsv(String text) {
+    def st = [records: [], fields: [], field: new StringBuilder(), quoted: false, inQuotes: false, closed: false,
+              line: 1, opened: 0, wasQuoted: false, error: null]
+    def endField = {
+        st.fields << (st.quoted ? st.field.toString() : st.field.toString().trim())
+        st.field = new StringBuilder()
+        st.quoted = false
+        st.closed = false
+    }
+    def endRecord = {
+        endField.call()
+        if (!(st.fields.size() == 1 && st.fields[0] == '' && !st.wasQuoted)) { st.records << st.fields }
+        st.fields = []
+        st.wasQuoted = false
+    }
+    text.each { ch ->
+        if (st.error) { return }
+        if (ch == '\n') { st.line += 1 }
+        if (st.inQuotes) {
+            if (ch == '"') { st.inQuotes = false; st.closed = true } else { st.field.append(ch) }
+        } else if (ch == '"') {
+            if (st.closed) {                          // "" inside quotes: one quote
+                st.field.append('"'); st.inQuotes = true; st.closed = false
+            } else if (!st.quoted && !st.field.toString().trim()) {
+                st.field = new StringBuilder(); st.quoted = true; st.wasQuoted = true; st.inQuotes = true; st.opened = st.line
+            } else {
+                st.error = "line ${st.line}: a double quote inside a field that does not start with one " +
+                           "(quote the whole field, and write a quote inside it as \"\")"
+            }
+        } else if (ch == ',') {
+            endField.call()
+        } else if (ch == '\n') {
+            endRecord.call()
+        } else if (ch != '\r') {
+            if (st.closed && ch.trim()) {
+                st.error = "line ${st.line}: text after the closing quote of a field (quote the whole field)"
+            } else if (!st.closed) {
+                st.field.append(ch)
+            }
+        }
+    }
+    if (!st.error && st.inQuotes) { st.error = "a double quote opened on line ${st.opened} is never closed" }
+    if (!st.error) { endRecord.call() }
+    return [records: st.records, error: st.error]
 }
