@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="mapping,reference")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the peak RSS of a 3-epoch mapping run of each path, each in its own process")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--results", type=Path, default=HERE / "results")
     a = ap.parse_args()
     setup_logging()
@@ -178,6 +181,27 @@ def main() -> None:
             for c in self.cbs:
                 c.on_train_epoch_end(trainer, pl_module)
 
+    if a.child:  # one run in this process, for its peak memory
+        model_name, path = a.child.split(":")
+        run(model_name, path == "nonzero", 3)
+        import resource
+
+        print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}), flush=True)
+        return
+
+    memory = []
+    if a.memory:
+        import subprocess
+
+        for path in ("pyro", "nonzero"):
+            cmd = [sys.executable, __file__, "--data", str(a.data), "--ref-cells", str(a.ref_cells), "--spots",
+                   str(a.spots), "--genes", str(a.genes), "--spot-umis", str(a.spot_umis), "--threads",
+                   str(a.threads), "--child", f"mapping:{path}"]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            peak = json.loads([ln for ln in res.stdout.splitlines() if "peak_rss_gb" in ln][-1])["peak_rss_gb"]
+            memory.append({"model": "mapping", "path": path, "peak_rss_gb": round(peak, 3)})
+            print(json.dumps(memory[-1]), flush=True)
+
     rows = []
     for model_name in a.models.split(","):
         epochs = makers[model_name][2]
@@ -201,6 +225,9 @@ def main() -> None:
         lines.append(f"| {model_name} | {o:.0f} ({', '.join(f'{v:.0f}' for v in old)}) | "
                      f"{n:.0f} ({', '.join(f'{v:.0f}' for v in new)}) | {o / n:.2f}x |")
     md = "\n".join(lines)
+    if memory:
+        md += "\n\n| mapping, 3 epochs, own process | peak RSS (GB) |\n|---|---:|\n" + "\n".join(
+            f"| {m['path']} | {m['peak_rss_gb']:.2f} |" for m in memory)
     if profiles:
         labels_ = sorted({k for p in profiles for k in p.get("profile_ms", {})})
         head = "| where the time goes (self CPU ms, one epoch) | " + " | ".join(
@@ -215,8 +242,8 @@ def main() -> None:
     path = a.results / f"likelihood_costs_{stamp}.json"
     path.write_text(json.dumps({"date": stamp, "args": {k: str(v) for k, v in vars(a).items()}, "shapes": shapes,
                                 "data": info.get("design_summary", {}).get("generator"), "machine": machine(),
-                                "versions": versions(), "runs": rows, "profiles": profiles, "summary": summary,
-                                "table_markdown": md}, indent=2))
+                                "versions": versions(), "runs": rows, "profiles": profiles, "memory": memory,
+                                "summary": summary, "table_markdown": md}, indent=2))
     print(md)
     print(f"JSON: {path}")
 

@@ -10,8 +10,9 @@ only, and `lgamma(alpha) - lgamma(alpha)` cancels where x is 0. Written per entr
 
 which is Pyro's `GammaPoisson.log_prob` rearranged (its `-log_beta(alpha, x + 1) - log(alpha + x)` is
 `lgamma(alpha + x) - lgamma(alpha) - lgamma(x + 1)`), so the value and its gradients are the same up to rounding.
-`NonzeroGammaPoisson` computes the first line densely as `-alpha * log1p(1 / r)` (one fused forward/backward)
-and the second on the nonzero entries only; the nonzero positions, their counts and `lgamma(x + 1)` are
+`NonzeroGammaPoisson` computes the first line densely as `-alpha * log1p(1 / r)` and the second on the nonzero
+entries only, forward and backward in one autograd function (`_LogProb`: a few passes over the dense matrix, no
+dense temporaries for the nonzero terms); the nonzero positions, their counts and `lgamma(x + 1)` are
 computed once per data tensor (once per data set when the same tensor comes back every epoch, as in a
 full-batch run: see `training.FullBatchSplitter`; once per minibatch otherwise).
 
@@ -28,54 +29,66 @@ import importlib
 
 import torch
 from pyro.distributions import GammaPoisson
-from torch.distributions.utils import broadcast_all
 
 # the modules whose `dist.GammaPoisson` is the observation likelihood (cell2location 0.1.x)
 MODEL_MODULES = ("cell2location.models._cell2location_module", "cell2location.models.reference._reference_module")
 
 
-class _ZeroCountTerm(torch.autograd.Function):
-    """alpha * log(r / (1 + r)) = -alpha * log1p(1 / r) per entry, with its gradients computed in a few passes:
-    d/d alpha = -log1p(1 / r), d/d r = alpha / (r (1 + r)). Inputs broadcast; gradients are summed back to each
-    input's shape. An incoming gradient that is one number broadcast (what `.sum()` sends back) is applied as
-    that number, not as a matrix."""
+class _LogProb(torch.autograd.Function):
+    """The log-density of every entry, flat (row-major), with its gradients in one backward pass:
+
+    every entry: alpha * log(r / (1 + r)) = -alpha * t, t = log1p(1 / r);
+        d/d alpha = -t, d/d r = alpha / (r (1 + r))
+    nonzero entries (flat positions idx, counts x) add lgamma(alpha + x) - lgamma(alpha) - x * log1p(r)
+    - lgamma(x + 1); d/d alpha += digamma(alpha + x) - digamma(alpha), d/d r += -x / (1 + r).
+
+    `rate` has the counts' shape (n, g); `alpha` too, or (1, g) (one value per gene). The output is flat so
+    that nothing outside needs to reshape it in place; an incoming gradient that is one number broadcast (what
+    `.sum()` sends back) is applied as that number, not as a matrix."""
 
     @staticmethod
-    def forward(ctx, alpha, rate):
+    def forward(ctx, alpha, rate, idx, x, neg_lgamma_x1):
+        shape = rate.shape
+        per_gene = alpha.shape != shape
         t = torch.reciprocal(rate).log1p_()
-        ctx.save_for_backward(alpha, rate, t)
-        return torch.mul(alpha, t).neg_()
+        flat = torch.empty(shape.numel(), dtype=t.dtype, device=t.device)
+        torch.mul(alpha, t, out=flat.view(shape)).neg_()
+        cols = torch.remainder(idx, shape[1]) if per_gene else None
+        a = alpha.reshape(-1)[cols] if per_gene else alpha.reshape(-1)[idx]
+        r = rate.reshape(-1)[idx]
+        ax = a + x
+        nz = torch.lgamma(ax).sub_(torch.lgamma(a)).sub_(torch.log1p(r).mul_(x)).add_(neg_lgamma_x1)
+        flat.index_add_(0, idx, nz)
+        ctx.save_for_backward(alpha, rate, t, idx, x, a, r, ax)
+        ctx.cols = cols
+        return flat
 
     @staticmethod
     def backward(ctx, grad):
-        alpha, rate, t = ctx.saved_tensors
-        scalar = grad.dim() > 0 and all(s == 0 for s in grad.stride())
-        c = grad.reshape(-1)[0] if scalar else None
+        alpha, rate, t, idx, x, a, r, ax = ctx.saved_tensors
+        cols = ctx.cols
+        shape = rate.shape
+        scalar = grad.dim() > 0 and grad.numel() > 1 and all(s == 0 for s in grad.stride())
+        c = grad.reshape(-1)[:1] if scalar else None
+        g_nz = c.expand(idx.shape) if scalar else grad[idx]
+        g = grad.reshape(shape) if not scalar else None
         g_alpha = g_rate = None
         if ctx.needs_input_grad[0]:
-            if scalar:
-                g_alpha = _sum_to(t, alpha.shape) * -c
-            else:
-                g_alpha = _sum_to(torch.mul(grad, t).neg_(), alpha.shape)
+            d_nz = torch.digamma(ax).sub_(torch.digamma(a)).mul_(g_nz)
+            if alpha.shape == shape:
+                g_alpha = t.neg() if scalar else torch.mul(g, t).neg_()
+                if scalar:
+                    g_alpha.mul_(c)
+                g_alpha.view(-1).index_add_(0, idx, d_nz)
+            else:  # (1, g): summed over the rows
+                g_alpha = (t.sum(0, keepdim=True).mul_(c).neg_() if scalar
+                           else torch.mul(g, t).sum(0, keepdim=True).neg_())
+                g_alpha.view(-1).index_add_(0, cols, d_nz)
         if ctx.needs_input_grad[1]:
-            g = torch.add(rate, 1).mul_(rate).reciprocal_()  # 1 / (r (1 + r))
-            a = alpha * c if scalar and alpha.numel() < g.numel() else alpha
-            g = g.mul_(a) if g.shape == torch.broadcast_shapes(a.shape, g.shape) else g * a
-            if scalar and a is alpha:
-                g = g.mul_(c)
-            elif not scalar:
-                g = g.mul_(grad)
-            g_rate = _sum_to(g, rate.shape)
-        return g_alpha, g_rate
-
-
-def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
-    """t summed over the dimensions that were broadcast to give it its shape."""
-    if t.shape == shape:
-        return t
-    lead = t.dim() - len(shape)
-    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and t.shape[i + lead] != 1)
-    return t.sum(dims, keepdim=True).reshape(shape) if dims else t
+            g_rate = torch.add(rate, 1).mul_(rate).reciprocal_().mul_(alpha)  # alpha / (r (1 + r))
+            g_rate.mul_(c if scalar else g)
+            g_rate.view(-1).index_add_(0, idx, torch.add(r, 1).reciprocal_().mul_(x).mul_(g_nz).neg_())
+        return g_alpha, g_rate, None, None, None
 
 
 class _DataTerms:
@@ -130,29 +143,15 @@ class NonzeroGammaPoisson(GammaPoisson):
         if len(shape) != 2 or value.shape != shape or value.layout != torch.strided:
             return super().log_prob(value)
         idx, x, neg_lgamma_x1 = DATA.get(value)
-        out = _ZeroCountTerm.apply(alpha, rate)
-        if out.shape != shape:
-            out = out.expand(shape).contiguous()
-        n_genes = shape[1]
-        a = _gather(alpha, idx, shape, n_genes)
-        r = _gather(rate, idx, shape, n_genes)
-        nz = torch.lgamma(a + x) - torch.lgamma(a) - x * torch.log1p(r) + neg_lgamma_x1
-        return out.view(-1).index_add_(0, idx, nz).view(shape)
+        if rate.shape != shape:
+            rate = rate.expand(shape).contiguous()
+        if alpha.shape != shape and alpha.shape != (1, shape[1]):
+            alpha = alpha.expand(shape).contiguous()
+        return _LogProb.apply(alpha, rate, idx, x, neg_lgamma_x1).view(shape)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(NonzeroGammaPoisson, _instance)
         return super().expand(batch_shape, _instance=new)
-
-
-def _gather(t: torch.Tensor, idx: torch.Tensor, shape, n_genes: int) -> torch.Tensor:
-    """t broadcast to `shape`, at the flat positions idx (without materialising the broadcast)."""
-    if t.shape == shape:
-        return t.reshape(-1)[idx]
-    if t.dim() == 2 and t.shape[0] == 1 and t.shape[1] == n_genes:
-        return t.reshape(-1)[idx % n_genes]
-    if t.dim() == 2 and t.shape[1] == 1 and t.shape[0] == shape[0]:
-        return t.reshape(-1)[idx // n_genes]
-    return t.expand(shape).reshape(-1)[idx]
 
 
 class _Distributions:

@@ -825,22 +825,24 @@ class Setup:
     device: str = "cpu"
     log_every: int | None = None
     data_on_device: str = "auto"
+    likelihood: str = "nonzero"  # "nonzero": likelihood.NonzeroGammaPoisson (fast runs only); "dense": Pyro's
 
 
 def setup_from_options(max_epochs: int, tutorial_settings: bool, lr: float, lr_min: float, stop_tol: float,
                        stop_window: int, min_epochs: int, early_stop: bool, export_mode: str, num_samples: int,
-                       log_every: int | None = None, data_on_device: str = "auto", level_epochs: int = 0) -> Setup:
+                       log_every: int | None = None, data_on_device: str = "auto", level_epochs: int = 0,
+                       likelihood: str = "nonzero") -> Setup:
     """The Setup the CLI's training options describe (no device yet); --tutorial-settings wins."""
     if tutorial_settings:
         return Setup(Plan(max_epochs, TUTORIAL_LR, TUTORIAL_LR).fixed(), False, False, TUTORIAL_NUM_SAMPLES,
-                     log_every=log_every, data_on_device="off")
+                     log_every=log_every, data_on_device="off", likelihood="dense")
     if lr_min > lr:
         LOG.info("--lr %g is below --lr-min %g: training at one rate, %g", lr, lr_min, lr)
         lr_min = lr
     plan = Plan(max_epochs=max_epochs, lr=lr, lr_min=lr_min, tol=stop_tol, window=stop_window,
                 check_every=stop_window, min_epochs=min_epochs, level_epochs=level_epochs)
     return Setup(plan if early_stop else plan.fixed(), True, export_mode == "analytic", num_samples,
-                 log_every=log_every, data_on_device=data_on_device)
+                 log_every=log_every, data_on_device=data_on_device, likelihood=likelihood)
 
 
 def start(setup: Setup, device: str, require_gpu: bool, threads: int | None, seed: int) -> Setup:
