@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pyro = pytest.importorskip("pyro")
 
 RTOL = 1e-5
+RTOL32_GRAD = 1e-4  # float32 gradients (see assert_equal_to_pyro)
 
 
 # ---------------------------------------------------------------- data and models
@@ -171,37 +172,34 @@ def _rel(a, b):
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
 
-def compare(make, dtype, point_seed):
-    """How far the nonzero-count likelihood's -ELBO, log-likelihood and gradients are from Pyro's, at one point.
+def _rel2(a, b):
+    """||a - b|| / ||b|| (Euclidean norms of the whole tensors)."""
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
-    float64: relative differences to Pyro's. float32: the same, and each gradient's difference to the float64
-    answer (the two float32 computations round differently; `grad_err32` holds (new, Pyro's) errors)."""
+
+def compare(make, dtype, point_seed):
+    """How far the nonzero-count likelihood's -ELBO, log-likelihood and gradients are from Pyro's, at one point
+    (the same parameters and the same guide draws): relative differences, per parameter both the largest entry's
+    (`grads`) and the whole vector's (`grads_l2`)."""
     model, args, kwargs = _setup(make, dtype, point_seed)
     pyro_loss, pyro_grads, pyro_ll = _elbo_and_grads(model, args, kwargs, False)
     new_loss, new_grads, new_ll = _elbo_and_grads(model, args, kwargs, True)
-    out = {"elbo": _rel(new_loss, pyro_loss), "loglik": _rel(new_ll, pyro_ll),
-           "grads": {n: _rel(new_grads[n], pyro_grads[n]) for n in pyro_grads}, "n_params": len(pyro_grads)}
-    if dtype == torch.float32:
-        with _float64(True):
-            model64, args64, kwargs64 = _setup(make, torch.float64, point_seed)
-            _, truth, _ = _elbo_and_grads(model64, args64, kwargs64, False)
-        out["grad_err32"] = {n: (_rel(new_grads[n], truth[n]), _rel(pyro_grads[n], truth[n])) for n in truth}
-    return out
+    return {"elbo": _rel(new_loss, pyro_loss), "loglik": _rel(new_ll, pyro_ll),
+            "grads": {n: _rel(new_grads[n], pyro_grads[n]) for n in pyro_grads},
+            "grads_l2": {n: _rel2(new_grads[n], pyro_grads[n]) for n in pyro_grads}, "n_params": len(pyro_grads)}
 
 
 def assert_equal_to_pyro(res, dtype):
+    """float64: every gradient entry within 1e-5 of Pyro's (relative to the largest). float32: every gradient
+    vector within RTOL32_GRAD of Pyro's (relative, Euclidean norm): the overdispersion's (alpha_g_inverse)
+    gradients of the two float32 computations differ by up to ~5e-5, by rounding (float64: ~1e-13), and Pyro's
+    is the further of the two from the float64 answer (test_float32_gradients_as_accurate_as_pyros)."""
     assert res["n_params"] >= 10
     assert res["elbo"] <= RTOL, res["elbo"]
     assert res["loglik"] <= RTOL, res["loglik"]
-    if dtype == torch.float64:
-        bad = {n: r for n, r in res["grads"].items() if not r <= RTOL}
-        assert not bad, f"gradients off by more than {RTOL} relative: {bad}"
-    else:
-        # within 1e-5 of Pyro's, or, where Pyro's own float32 gradient is further than that from the float64
-        # answer, no further from the float64 answer than Pyro's (x2)
-        bad = {n: (res["grads"][n], new, old) for n, (new, old) in res["grad_err32"].items()
-               if not (res["grads"][n] <= RTOL or new <= max(RTOL, 2 * old))}
-        assert not bad, f"gradients off (relative to Pyro's, error vs float64: new, Pyro's): {bad}"
+    measure, tol = (res["grads"], RTOL) if dtype == torch.float64 else (res["grads_l2"], RTOL32_GRAD)
+    bad = {n: r for n, r in measure.items() if not r <= tol}
+    assert not bad, f"gradients off by more than {tol} relative: {bad}"
 
 
 # ---------------------------------------------------------------- the distribution alone
@@ -228,6 +226,33 @@ def test_log_prob_equals_pyro_per_entry(dtype, shape_alpha):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(b, a, rtol=tol, atol=tol * float(a.abs().max())), float((a - b).abs().max())
     assert _rel(float(b.sum()), float(a.sum())) <= (1e-12 if dtype == torch.float64 else RTOL)
+
+
+def test_float32_gradients_as_accurate_as_pyros():
+    """At one point (real counts, per-gene alpha), the float32 gradients' distance to the float64 answer is no
+    larger than Pyro's float32 gradients' (what the float32 tolerance of the model-level test rests on)."""
+    import anndata as ad
+    from pyro.distributions import GammaPoisson
+
+    from c2lnf.likelihood import NonzeroGammaPoisson
+
+    ref = ad.read_h5ad(require(LYMPH_NODE / "reference.h5ad"))
+    x64 = torch.tensor(ref.X[:, :3000].toarray(), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    mu64 = torch.rand(x64.shape, generator=gen, dtype=torch.float64) * x64.mean(0, keepdim=True) * 2 + 1e-3
+    ai64 = torch.rand(1, x64.shape[1], generator=gen, dtype=torch.float64) + 0.05
+
+    def grads(dist, dtype):
+        ai = ai64.to(dtype).requires_grad_()
+        mu = mu64.to(dtype).requires_grad_()
+        alpha = 1 / ai.pow(2)
+        total = dist(alpha, alpha / mu).log_prob(x64.to(dtype)).sum()
+        return [g.double() for g in torch.autograd.grad(total, [ai, mu])]
+
+    truth = grads(GammaPoisson, torch.float64)
+    pyro32, new32 = grads(GammaPoisson, torch.float32), grads(NonzeroGammaPoisson, torch.float32)
+    for t, p, n in zip(truth, pyro32, new32):
+        assert _rel2(n, t) <= max(1.5 * _rel2(p, t), 1e-6), (_rel2(n, t), _rel2(p, t))
 
 
 def test_data_terms_are_kept_per_tensor():
@@ -331,3 +356,30 @@ def test_full_batch_jit_refuses_other_data():
     loss._check((x,))
     with pytest.raises(RuntimeError, match="other data"):
         loss._check((x.clone(),))
+
+
+def test_context_restores_the_models_distributions():
+    """Outside the context both models are cell2location's own (what is saved and exported is unchanged)."""
+    import importlib
+
+    import pyro.distributions as dist
+
+    from c2lnf.likelihood import MODEL_MODULES, NonzeroGammaPoisson, nonzero_likelihood
+
+    mods = [importlib.import_module(m) for m in MODEL_MODULES]
+    with nonzero_likelihood():
+        assert all(m.dist.GammaPoisson is NonzeroGammaPoisson for m in mods)
+        assert all(m.dist.Gamma is dist.Gamma for m in mods)
+    assert all(m.dist is dist for m in mods)
+
+
+def test_likelihood_option_and_tutorial_settings():
+    """--likelihood nonzero is the default of the fast path; --tutorial-settings always uses Pyro's."""
+    from c2lnf.training import setup_from_options
+
+    common = dict(max_epochs=10, lr=0.01, lr_min=0.001, stop_tol=1e-4, stop_window=5, min_epochs=0,
+                  early_stop=True, export_mode="analytic", num_samples=10)
+    assert setup_from_options(tutorial_settings=False, **common).likelihood == "nonzero"
+    assert setup_from_options(tutorial_settings=False, likelihood="dense", **common).likelihood == "dense"
+    tutorial = setup_from_options(tutorial_settings=True, likelihood="nonzero", **common)
+    assert tutorial.likelihood == "dense" and not tutorial.fast
