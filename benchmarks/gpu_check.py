@@ -14,7 +14,9 @@ Settings (environment variables; defaults in brackets):
   GPU_CHECK_CELLS [73260]  GPU_CHECK_GENES [10237]  GPU_CHECK_TYPES [34]  GPU_CHECK_BATCHES [23]
   GPU_CHECK_SPOTS [4000]   GPU_CHECK_REF_EPOCHS [12]  GPU_CHECK_MAP_EPOCHS [400]
   GPU_CHECK_DEVICE [cuda]  (cpu for a dry run)     GPU_CHECK_BUDGET_S [450] (whole script, from GPU_CHECK_T0)
-  GPU_CHECK_VARIANTS [pipeline,tutorial]: pipeline (--no-early-stop), tutorial (--tutorial-settings), hostdata
+  GPU_CHECK_VARIANTS [pipeline,dense,tutorial]: pipeline (--no-early-stop; the nonzero-count likelihood), dense
+  (--no-early-stop --likelihood dense: the same with Pyro's dense GammaPoisson, the old path, for the
+  per-epoch time and peak memory of the likelihood alone), tutorial (--tutorial-settings), hostdata
   (reference only: --no-early-stop --data-on-device off, scvi-tools' host-memory minibatches, the loader that
   `pipeline` replaces on a GPU)   GPU_CHECK_WORK [/tmp/gpu_check_work]  GPU_CHECK_SEED [0]
   GPU_CHECK_MEMORY_SHARDS [2,4]  GPU_CHECK_MEMORY_EPOCHS [30]: map-cells --shard 1/K after the four runs, for
@@ -63,7 +65,7 @@ MAP_EPOCHS = _env_int("GPU_CHECK_MAP_EPOCHS", 400)
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 BUDGET_S = _env_int("GPU_CHECK_BUDGET_S", 450)
 SEED = _env_int("GPU_CHECK_SEED", 0)
-VARIANTS = [v.strip() for v in os.environ.get("GPU_CHECK_VARIANTS", "pipeline,tutorial").split(",") if v.strip()]
+VARIANTS = [v.strip() for v in os.environ.get("GPU_CHECK_VARIANTS", "pipeline,dense,tutorial").split(",") if v.strip()]
 MISSING_FLAG = os.environ.get("GPU_CHECK_MISSING_FLAG", "skip")
 WORK = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/gpu_check_work"))
 # issue 10: shards 1/K of the section, a few epochs each, for peak GPU memory against the memory model
@@ -74,7 +76,8 @@ MEMORY_EPOCHS = _env_int("GPU_CHECK_MEMORY_EPOCHS", 30)
 TUTORIAL_EPOCHS = {"ref": 250, "map": 30000}
 # the arguments each variant passes; its last option is the one whose presence in --help is checked
 VARIANT_ARGS = {"pipeline": ["--no-early-stop"], "tutorial": ["--tutorial-settings"],
-                "hostdata": ["--no-early-stop", "--data-on-device", "off"]}
+                "hostdata": ["--no-early-stop", "--data-on-device", "off"],
+                "dense": ["--no-early-stop", "--likelihood", "dense"]}
 VARIANT_FLAG = {v: [a for a in args if a.startswith("--")][-1] for v, args in VARIANT_ARGS.items()}
 # `hostdata`: the pipeline's settings with scvi-tools' host-memory minibatch loader, the reference only (the
 # mapping model trains in one full batch, which scvi-tools keeps on the GPU anyway)

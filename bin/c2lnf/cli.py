@@ -136,6 +136,11 @@ def training_options(model: str):
                          show_default=True,
                          help="Minibatched training: copy the whole data set to the training device once (dense) and "
                               "draw the minibatches there; auto: on a GPU when it fits a quarter of its free memory."),
+            click.option("--likelihood", type=click.Choice(["nonzero", "dense"]), default="nonzero",
+                         show_default=True,
+                         help="How the counts' GammaPoisson log-density is computed: special functions on the "
+                              "nonzero counts only (the same value and gradients), or Pyro's dense one "
+                              "(--tutorial-settings always uses Pyro's)."),
         ]
         for option in reversed(options):
             func = option(func)

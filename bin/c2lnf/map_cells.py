@@ -171,6 +171,7 @@ def map_cells(
     batch_size: int | None = None,
     data_on_device: str = "off",
     total_locations: int | None = None,
+    nonzero_likelihood: bool = True,
 ) -> tuple[Trained, ad.AnnData]:
     """Fit Cell2location to all sections jointly; returns (Trained, combined AnnData with the posterior).
 
@@ -232,7 +233,7 @@ def map_cells(
              "n/a (no assets/memory_model.json)" if estimate is None else f"{estimate:.1f} GB")
     trained, combined = train_and_export(make_model, combined, plan, accelerator, batch_size, fast, analytic,
                                          num_samples, combined.n_obs if batch_size is None else batch_size, log_every,
-                                         data_on_device)
+                                         data_on_device, nonzero_likelihood)
     combined.uns["c2l_params"] = {
         "n_cells_per_location": float(n_cells_per_location),
         "detection_alpha": {k: float(v) for k, v in alpha.items()},
@@ -360,7 +361,7 @@ def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float
     sig = read_signatures(signatures)
     trained, combined = map_cells(loaded, sig, n_cells_per_location, detection_alpha, setup.plan, setup.accelerator,
                                   setup.fast, setup.analytic, setup.num_samples, setup.log_every, batch_size,
-                                  setup.data_on_device, total_locations)
+                                  setup.data_on_device, total_locations, setup.likelihood == "nonzero")
     model = trained.model
     history = history_frame(model)
     LOG.info("ELBO relative change over the last 10%% of epochs: %.2e", flatness(history))

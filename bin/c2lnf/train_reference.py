@@ -26,6 +26,7 @@ def train_reference(
     num_samples: int,
     log_every: int | None = None,
     data_on_device: str = "off",
+    nonzero_likelihood: bool = True,
 ) -> tuple[Trained, ad.AnnData]:
     """Set up, train and export the RegressionModel; returns (Trained, adata with the posterior).
 
@@ -42,7 +43,7 @@ def train_reference(
     LOG.info("training the reference model: %d cells x %d genes, at most %d epochs, batch %d, %s",
              adata.n_obs, adata.n_vars, plan.max_epochs, batch_size, accelerator)
     return train_and_export(lambda: RegressionModel(adata), adata, plan, accelerator, batch_size, fast, analytic,
-                            num_samples, batch_size, log_every, data_on_device)
+                            num_samples, batch_size, log_every, data_on_device, nonzero_likelihood)
 
 
 def signatures(adata: ad.AnnData) -> pd.DataFrame:
@@ -96,7 +97,7 @@ def run(reference: Path, labels_key: str, batch_key: str | None, categorical_cov
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1, warn=False)
     trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, setup.plan, batch_size,
                                      setup.accelerator, setup.fast, setup.analytic, setup.num_samples, setup.log_every,
-                                     setup.data_on_device)
+                                     setup.data_on_device, setup.likelihood == "nonzero")
     history = history_frame(trained.model)
     with staged_outputs(outdir) as out:
         signatures(adata).to_csv(out.path("signatures.csv"))

@@ -1,0 +1,260 @@
+"""Per-epoch time of both models at the tutorial's shapes, with Pyro's dense GammaPoisson likelihood and with
+the nonzero-count one (`c2lnf.likelihood`), in one process, and where each millisecond of an epoch goes.
+
+Data: `tutorial_scale.generate` (synthetic, the tutorial's 4,000 spots x 10,237 genes x 34 types, the spots'
+counts thinned to --spot-umis per spot, so that the share of nonzero counts is a Visium section's; a reference
+of --ref-cells cells x 10,237 genes, 34 types, 23 batches, trained in the tutorial's 2,500-cell minibatches).
+Signatures for the mapping are the synthetic reference's per-type mean expression (their values do not change
+the cost of an epoch). Both paths train through `training.fit` (the pipeline's fast path: JitTrace_ELBO for the
+full-batch mapping, Trace_ELBO for the minibatched reference, one optimiser, fixed epochs, 2 threads), in the
+order old, new, old, new, ... (--rounds rounds); each run's first --warmup epochs (JIT compilation, first
+allocations) are left out and the median of the rest is its ms/epoch. Then one more epoch of each path runs
+under torch.profiler and its self CPU time is grouped by kind of operation (the breakdown).
+
+    flock /tmp/c2l-heavy.lock .venv/bin/python benchmarks/likelihood_costs.py [--epochs 6] [--rounds 2]
+
+Writes benchmarks/results/likelihood_costs_<timestamp>.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "bin"))
+sys.path.insert(0, str(HERE))
+
+from c2lnf.runtime import prepare_environment, seed_everything, setup_logging  # noqa: E402
+
+prepare_environment()
+
+# self CPU time of torch operators (aten::<name>), grouped by name; everything else (the data loader, Python,
+# Pyro, Lightning, the JIT's wrappers) is "other"
+GROUPS = [
+    ("special functions (lgamma, digamma)", {"lgamma", "digamma", "polygamma"}),
+    ("matrix products", {"mm", "bmm", "addmm", "matmul"}),
+    ("nonzero scan, gathers, scatters", {"nonzero", "index", "index_select", "index_add_", "index_put_",
+                                         "_index_put_impl_", "gather", "scatter_add_", "take", "remainder"}),
+    ("copies and fills", {"copy_", "fill_", "zero_", "clone", "contiguous", "empty", "_to_copy", "zeros",
+                          "zeros_like", "ones_like", "empty_like", "empty_strided", "resize_"}),
+    ("reductions (sum)", {"sum", "mean"}),
+]
+
+
+def group_of(name: str) -> str:
+    if name.startswith("enumerate(DataLoader)"):
+        return "data loader (a minibatch densified from host memory)"
+    if not name.startswith("aten::"):
+        return "other (Python, Pyro, Lightning, JIT wrappers, optimiser bookkeeping)"
+    op = name[len("aten::"):]
+    for label, names in GROUPS:
+        if op in names:
+            return label
+    return "elementwise arithmetic and everything else in aten"
+
+
+def thin(X, median_umis: float, seed: int = 0):
+    """Counts thinned binomially (each molecule kept with one probability) to the given median per row."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X, dtype=np.float32)
+    p = min(1.0, median_umis / float(np.median(np.asarray(X.sum(axis=1)).ravel())))
+    data = np.random.default_rng(seed).binomial(X.data.astype(np.int64), p).astype(np.float32)
+    out = sp.csr_matrix((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=HERE / "work" / "likelihood_costs_data")
+    ap.add_argument("--ref-cells", type=int, default=10000)
+    ap.add_argument("--spots", type=int, default=4000)
+    ap.add_argument("--genes", type=int, default=10237)
+    ap.add_argument("--spot-umis", type=float, default=8000,
+                    help="thin the spots' counts (binomially, seeded) to this median of UMIs per spot (0: keep)")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs per mapping run (the first --warmup not counted)")
+    ap.add_argument("--ref-epochs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="mapping,reference")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the peak RSS of a 3-epoch mapping run of each path, each in its own process")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    a = ap.parse_args()
+    setup_logging()
+    import logging
+
+    logging.getLogger("c2l").setLevel(logging.WARNING)
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import torch
+    from cell2location.models import Cell2location, RegressionModel
+    from lightning.pytorch.callbacks import Callback
+
+    from c2lnf import training
+    from run import machine, versions
+    from tutorial_scale import generate
+
+    torch.set_num_threads(a.threads)
+    from c2lnf.runtime import limit_heap_retention
+
+    limit_heap_retention()  # as map-cells does at these sizes (peak RSS comparable with the memory model's)
+    info = generate(a.data, n_cells=a.ref_cells, n_genes=a.genes, n_spots=a.spots)
+    ref = ad.read_h5ad(a.data / "reference_half.h5ad")
+    spots = ad.read_h5ad(a.data / "spots.h5ad")
+    spots.obs["sample"] = "sim"
+    if a.spot_umis:
+        spots.X = thin(spots.X, a.spot_umis)
+    labels = ref.obs["cell_type"]
+    sig = pd.DataFrame({c: np.asarray(ref.X[(labels == c).to_numpy()].mean(0)).ravel() + 1e-3
+                        for c in labels.cat.categories}, index=ref.var_names)
+    RegressionModel.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
+    Cell2location.setup_anndata(spots, batch_key="sample")
+    shapes = {"mapping": {"spots": spots.n_obs, "genes": spots.n_vars, "types": sig.shape[1],
+                          "nonzero_share": round(float(spots.X.nnz / (spots.n_obs * spots.n_vars)), 4)},
+              "reference": {"cells": ref.n_obs, "genes": ref.n_vars, "minibatch": 2500, "types": sig.shape[1],
+                            "batches": int(ref.obs["sample"].nunique()),
+                            "nonzero_share": round(float(ref.X.nnz / (ref.n_obs * ref.n_vars)), 4)}}
+    print(json.dumps(shapes), flush=True)
+    makers = {
+        "mapping": (lambda: Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20),
+                    None, a.epochs),
+        "reference": (lambda: RegressionModel(ref), 2500, a.ref_epochs),
+    }
+
+    class EpochTimes(Callback):
+        def __init__(self, profile_epoch: int | None = None):
+            self.times: list[float] = []
+            self.profile_epoch = profile_epoch
+            self.prof = None
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+            if self.profile_epoch is not None and trainer.current_epoch == self.profile_epoch:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.prof.__enter__()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.times.append(time.perf_counter() - self.t0)
+            if self.prof is not None and trainer.current_epoch == self.profile_epoch:
+                self.prof.__exit__(None, None, None)
+
+    def run(model_name: str, nonzero: bool, epochs: int, profile: bool = False) -> dict:
+        make, batch, _ = makers[model_name]
+        cb = EpochTimes(profile_epoch=epochs - 1 if profile else None)
+        original = training.control_callback
+        seed_everything(0)
+        training.control_callback = lambda monitor, log_every=None: _Both(original(monitor, 10**9), cb)
+        try:
+            training.fit(make, training.Plan(epochs, 0.002, 0.002).fixed(), "cpu", batch, True,
+                         nonzero_likelihood=nonzero)
+        finally:
+            training.control_callback = original
+        ms = [1000 * t for t in cb.times]
+        out = {"model": model_name, "path": "nonzero" if nonzero else "pyro", "epoch_ms": [round(v, 1) for v in ms],
+               "ms_per_epoch": round(float(np.median(ms[a.warmup:])), 1)}
+        if profile and cb.prof is not None:
+            groups: dict[str, float] = {}
+            for ev in cb.prof.key_averages():
+                groups[group_of(ev.key)] = groups.get(group_of(ev.key), 0.0) + ev.self_cpu_time_total / 1000
+            total = sum(groups.values())
+            out["profile_ms"] = {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+            out["profile_total_ms"] = round(total, 1)
+            out["profile_top_ops"] = [(ev.key, round(ev.self_cpu_time_total / 1000, 1))
+                                      for ev in sorted(cb.prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
+        print(json.dumps(out), flush=True)
+        return out
+
+    class _Both(Callback):
+        def __init__(self, *cbs):
+            self.cbs = cbs
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            for c in self.cbs:
+                if hasattr(c, "on_train_epoch_start"):
+                    c.on_train_epoch_start(trainer, pl_module)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            for c in self.cbs:
+                c.on_train_epoch_end(trainer, pl_module)
+
+    if a.child:  # one run in this process, for its peak memory
+        model_name, path = a.child.split(":")
+        run(model_name, path == "nonzero", 3)
+        import resource
+
+        print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}), flush=True)
+        return
+
+    memory = []
+    if a.memory:
+        import subprocess
+
+        for path in ("pyro", "nonzero"):
+            cmd = [sys.executable, __file__, "--data", str(a.data), "--ref-cells", str(a.ref_cells), "--spots",
+                   str(a.spots), "--genes", str(a.genes), "--spot-umis", str(a.spot_umis), "--threads",
+                   str(a.threads), "--child", f"mapping:{path}"]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            peak = json.loads([ln for ln in res.stdout.splitlines() if "peak_rss_gb" in ln][-1])["peak_rss_gb"]
+            memory.append({"model": "mapping", "path": path, "peak_rss_gb": round(peak, 3)})
+            print(json.dumps(memory[-1]), flush=True)
+
+    rows = []
+    for model_name in a.models.split(","):
+        epochs = makers[model_name][2]
+        for _ in range(a.rounds):
+            for nonzero in (False, True):
+                rows.append(run(model_name, nonzero, epochs))
+    profiles = []
+    if not a.no_profile:
+        for model_name in a.models.split(","):
+            for nonzero in (False, True):
+                profiles.append(run(model_name, nonzero, a.warmup + 1, profile=True))
+
+    lines = ["| model | Pyro's GammaPoisson, ms/epoch | nonzero-count likelihood, ms/epoch | speed-up |", "|---|---:|---:|---:|"]
+    summary = {}
+    for model_name in a.models.split(","):
+        old = [r["ms_per_epoch"] for r in rows if r["model"] == model_name and r["path"] == "pyro"]
+        new = [r["ms_per_epoch"] for r in rows if r["model"] == model_name and r["path"] == "nonzero"]
+        o, n = float(np.median(old)), float(np.median(new))
+        summary[model_name] = {"pyro_ms": o, "nonzero_ms": n, "speedup": round(o / n, 2), "runs_pyro": old,
+                               "runs_nonzero": new}
+        lines.append(f"| {model_name} | {o:.0f} ({', '.join(f'{v:.0f}' for v in old)}) | "
+                     f"{n:.0f} ({', '.join(f'{v:.0f}' for v in new)}) | {o / n:.2f}x |")
+    md = "\n".join(lines)
+    if memory:
+        md += "\n\n| mapping, 3 epochs, own process | peak RSS (GB) |\n|---|---:|\n" + "\n".join(
+            f"| {m['path']} | {m['peak_rss_gb']:.2f} |" for m in memory)
+    if profiles:
+        labels_ = sorted({k for p in profiles for k in p.get("profile_ms", {})})
+        head = "| where the time goes (self CPU ms, one epoch) | " + " | ".join(
+            f"{p['model']} {p['path']}" for p in profiles) + " |"
+        md2 = [head, "|---|" + "---:|" * len(profiles)]
+        for lab in labels_:
+            md2.append(f"| {lab} | " + " | ".join(f"{p.get('profile_ms', {}).get(lab, 0):.0f}" for p in profiles) + " |")
+        md2.append("| total (profiled epoch) | " + " | ".join(f"{p.get('profile_total_ms', 0):.0f}" for p in profiles) + " |")
+        md += "\n\n" + "\n".join(md2)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    a.results.mkdir(parents=True, exist_ok=True)
+    path = a.results / f"likelihood_costs_{stamp}.json"
+    path.write_text(json.dumps({"date": stamp, "args": {k: str(v) for k, v in vars(a).items()}, "shapes": shapes,
+                                "data": info.get("design_summary", {}).get("generator"), "machine": machine(),
+                                "versions": versions(), "runs": rows, "profiles": profiles, "memory": memory,
+                                "summary": summary, "table_markdown": md}, indent=2))
+    print(md)
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
