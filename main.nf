@@ -218,7 +218,9 @@ workflow {
     def run = [outdir: params.outdir, samplesheet: params.input, help: params.help, metadata: workflow]
     workflow.onComplete { onRunComplete(run) }
 
-    // the functions above get params as an argument (the strict syntax keeps params to the entry workflow)
+    // the functions above get params as an argument (the strict syntax keeps params to the entry workflow), through
+    // one variable: Nextflow 24.10's parser refuses `params` itself as an argument more than once in a workflow body
+    // ("Variable `params` already defined in the process scope")
     def options = params
     if (params.help) {
         log.info helpMessage(options)
