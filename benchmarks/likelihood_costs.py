@@ -72,7 +72,7 @@ def thin(X, median_umis: float, seed: int = 0):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=epoch", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE / "work" / "likelihood_costs_data")
     ap.add_argument("--ref-cells", type=int, default=10000)
     ap.add_argument("--spots", type=int, default=4000)
@@ -103,7 +103,7 @@ def main() -> None:
     from lightning.pytorch.callbacks import Callback
 
     from c2lnf import training
-    from run import machine, versions
+    from common import machine, versions
     from tutorial_scale import generate
 
     torch.set_num_threads(a.threads)

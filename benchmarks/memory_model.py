@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import REPO, log, machine, timed_subprocess, versions  # noqa: E402
+from common import REPO, log, machine, timed_subprocess, versions  # noqa: E402
 
 SIZES = "1000x2000x20,4000x2000x20,2000x8000x20,8000x3000x34,4000x6000x50,12000x3000x20"
 ASSET = REPO / "assets" / "memory_model.json"
@@ -84,7 +84,7 @@ def fit(points: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=memory", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=SIZES, help="comma-separated NxGxT")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--workdir", type=Path, default=HERE / "work")

@@ -25,7 +25,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import REPO, log, machine, read_trace, timed_subprocess, versions  # noqa: E402
+from common import REPO, log, machine, read_trace, timed_subprocess, versions  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from memory_model import draw
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=scale", description=__doc__.splitlines()[0])
     ap.add_argument("--n-locations", type=int, default=60000)
     ap.add_argument("--genes", type=int, default=3000)
     ap.add_argument("--types", type=int, default=34)

@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import REPO, TESTDATA, fmt, log, machine, read_trace, timed_subprocess, versions  # noqa: E402
+from common import REPO, TESTDATA, fmt, log, machine, read_trace, timed_subprocess, versions  # noqa: E402
 
 METRICS = ("prop_pearson_spot", "prop_rmse", "abundance_pearson", "aupr")
 BAR = {"q05_pearson_median_min": 0.98, "metric_tolerance": 0.01}
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     import simulate
     from metrics import evaluate, per_type_pearson
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="make bench NAME=sharding", description=__doc__.splitlines()[0])
     ap.add_argument("--memory", metavar="NxGxT", default=None,
                     help="only measure the peak RSS of one map-cells task at 1, 2, 4 shards on synthetic data of "
                          "this size (no Nextflow); e.g. 20000x3000x34")
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier run's work folder: its data, its Nextflow cache, and the results of the runs that "
                          "finished there (taken as they are, not rerun)")
+    ap.add_argument("--pipeline-args", default="", help="options added to every pipeline run (smoke tests: fewer epochs)")
     ap.add_argument("--workdir", type=Path, default=HERE / "work")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         out = work / name
         cmd = ["nextflow", "run", REPO / "main.nf", "-profile", "local", "-resume", "-work-dir", work / "nf-work",
                "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key",
-               "sample", "--outdir", out, "--seed", seed, *extra]
+               "sample", "--outdir", out, "--seed", seed, *extra, *shlex.split(a.pipeline_args)]
         if a.reuse and (out / "map_cells").is_dir() and (work / f"{name}.json").exists():
             res = json.loads((work / f"{name}.json").read_text())  # finished in the earlier run: as it was
             log(f"{name}: reused from {out}")
