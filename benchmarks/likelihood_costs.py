@@ -5,7 +5,7 @@ Data: `tutorial_scale.generate` (synthetic, the tutorial's 4,000 spots x 10,237 
 counts thinned to --spot-umis per spot, so that the share of nonzero counts is a Visium section's; a reference
 of --ref-cells cells x 10,237 genes, 34 types, 23 batches, trained in the tutorial's 2,500-cell minibatches).
 Signatures for the mapping are the synthetic reference's per-type mean expression (their values do not change
-the cost of an epoch). Both paths train through `training.fit` (the pipeline's fast path: JitTrace_ELBO for the
+the cost of an epoch). Both paths train through `training.loop.fit` (the pipeline's fast path: JitTrace_ELBO for the
 full-batch mapping, Trace_ELBO for the minibatched reference, one optimiser, fixed epochs, 2 threads), in the
 order old, new, old, new, ... (--rounds rounds); each run's first --warmup epochs (JIT compilation, first
 allocations) are left out and the median of the rest is its ms/epoch. Then one more epoch of each path runs
@@ -102,7 +102,8 @@ def main() -> None:
     from cell2location.models import Cell2location, RegressionModel
     from lightning.pytorch.callbacks import Callback
 
-    from c2lnf import training
+    from c2lnf.training import loop as training_loop
+    from c2lnf.training.stopping import Plan
     from common import machine, versions
     from tutorial_scale import generate
 
@@ -153,14 +154,14 @@ def main() -> None:
     def run(model_name: str, nonzero: bool, epochs: int, profile: bool = False) -> dict:
         make, batch, _ = makers[model_name]
         cb = EpochTimes(profile_epoch=epochs - 1 if profile else None)
-        original = training.control_callback
+        original = training_loop.control_callback
         seed_everything(0)
-        training.control_callback = lambda monitor, log_every=None: _Both(original(monitor, 10**9), cb)
+        training_loop.control_callback = lambda monitor, log_every=None: _Both(original(monitor, 10**9), cb)
         try:
-            training.fit(make, training.Plan(epochs, 0.002, 0.002).fixed(), "cpu", batch, True,
-                         nonzero_likelihood=nonzero)
+            training_loop.fit(make, Plan(epochs, 0.002, 0.002).fixed(), "cpu", batch, True,
+                              nonzero_likelihood=nonzero)
         finally:
-            training.control_callback = original
+            training_loop.control_callback = original
         ms = [1000 * t for t in cb.times]
         out = {"model": model_name, "path": "nonzero" if nonzero else "pyro", "epoch_ms": [round(v, 1) for v in ms],
                "ms_per_epoch": round(float(np.median(ms[a.warmup:])), 1)}

@@ -329,17 +329,19 @@ def test_a_wrong_term_fails_the_comparison(models, case, kind):
 
 
 def test_seeded_training_gives_the_same_maps(models, tmp_path):
-    """300 epochs through training.fit (the pipeline's fast path), seeded, with and without: q05 maps agree."""
-    from c2lnf import training
+    """300 epochs through training.loop.fit (the pipeline's fast path), seeded, with and without: q05 maps agree."""
     from c2lnf.runtime import seed_everything
+    from c2lnf.training.loop import fit
+    from c2lnf.training.posterior import analytic_posterior
+    from c2lnf.training.stopping import Plan
 
     make = models("mapping-sparse")
     q05, elbo = {}, {}
     for nonzero in (False, True):
         seed_everything(0)
-        model, monitor, _ = training.fit(make, training.Plan(300, 0.002, 0.002).fixed(), "cpu", None, True,
-                                         nonzero_likelihood=nonzero)
-        q05[nonzero] = training.analytic_posterior(model)["post_sample_q05"]["w_sf"]
+        model, monitor, _ = fit(make, Plan(300, 0.002, 0.002).fixed(), "cpu", None, True,
+                                nonzero_likelihood=nonzero)
+        q05[nonzero] = analytic_posterior(model)["post_sample_q05"]["w_sf"]
         elbo[nonzero] = monitor.elbo
     r = [np.corrcoef(q05[False][:, k], q05[True][:, k])[0, 1] for k in range(q05[False].shape[1])]
     assert np.median(r) >= 0.999, r
@@ -348,7 +350,7 @@ def test_seeded_training_gives_the_same_maps(models, tmp_path):
 
 def test_full_batch_jit_refuses_other_data():
     """The compiled ELBO of a full-batch run holds the data's nonzero counts: other data must raise."""
-    from c2lnf.training import same_data_jit_elbo
+    from c2lnf.training.loop import same_data_jit_elbo
 
     loss = same_data_jit_elbo()
     x = torch.zeros(2, 2)

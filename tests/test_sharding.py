@@ -249,7 +249,8 @@ def test_location_weight_scales_only_gene_level_terms(ln_halves, signatures_csv)
     from pyro import poutine
 
     from c2lnf.map_cells import map_cells, read_signatures
-    from c2lnf.training import Plan, _model_args
+    from c2lnf.training.posterior import _model_args
+    from c2lnf.training.stopping import Plan
 
     section = ad.read_h5ad(ln_halves["ln_left"])
     sig = read_signatures(signatures_csv)

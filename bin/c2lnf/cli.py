@@ -264,7 +264,7 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
     """Train the reference regression model and export cell-type signatures."""
     from .train_reference import run
 
-    from .training import REF_FLAT_TOL
+    from .training.stopping import REF_FLAT_TOL
 
     setup = _training(device, require_gpu, threads, seed, flat_tol=REF_FLAT_TOL, **options)
     run(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, setup, outdir, prefix)

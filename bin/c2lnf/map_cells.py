@@ -330,7 +330,8 @@ def run(sections: dict[str, Path], signatures: Path, n_cells_per_location: float
     <sample>.<shard-tag>.<stat>_cell_abundance_w_sf.csv and no per-section h5ad is written (merge-shards writes
     the sections' outputs once all shards are done)."""
     from .runtime import staged_outputs, write_h5ad
-    from .training import flatness, history_frame, plot_history, plot_qc, write_summary
+    from .training.stopping import flatness
+    from .training.summary import history_frame, plot_history, plot_qc, write_summary
 
     loaded = {sample: ad.read_h5ad(path) for sample, path in sections.items()}
     for sample, adata in loaded.items():

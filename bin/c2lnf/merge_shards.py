@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .map_cells import STATS, shard_tag
-from .training import stop_kind
+from .training.stopping import stop_kind
 
 LOG = logging.getLogger("c2l.merge_shards")
 

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .errors import C2LError
 from .markers import MIN_KEPT, MIN_KEPT_WARN, N_MARKERS, marker_check, markers_from_table
-from .training import stop_kind
+from .training.stopping import stop_kind
 
 LOG = logging.getLogger("c2l.report")
 

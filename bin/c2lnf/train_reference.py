@@ -74,7 +74,7 @@ def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> d
 
 def plot_reference_qc(model, path) -> None:
     """plot_QC on 1000 cells; if that subsample misses a covariate level (upstream #74), on all cells."""
-    from .training import plot_qc
+    from .training.summary import plot_qc
 
     try:
         plot_qc(model, path, use_n_obs=1000)
@@ -92,7 +92,7 @@ def run(reference: Path, labels_key: str, batch_key: str | None, categorical_cov
     <prefix>_training.json, <prefix>_qc.png and <prefix>_posterior.h5ad into `outdir` (all or none)."""
     from .filter_reference import load_reference
     from .runtime import staged_outputs, write_h5ad
-    from .training import history_frame, plot_history, write_summary
+    from .training.summary import history_frame, plot_history, write_summary
 
     adata = load_reference(reference, labels_key, batch_key, categorical_covariate_keys, None, 1, warn=False)
     trained, adata = train_reference(adata, labels_key, batch_key, categorical_covariate_keys, setup.plan, batch_size,
