@@ -219,7 +219,7 @@ def shardModel(Map meta, List files, long n, Map shape, Map budget) {
     if (perShard < minAgreeing) {
         log.warn "model '${meta.id}': shards of ~${perShard} locations (${why}); each shard fits the genes' detection " +
             "efficiency from its own spots, and shards below ${minAgreeing} locations were measured to " +
-            "disagree with an unsharded model (docs/benchmarks.md, 'Sharded against unsharded'): raise ${option} if memory allows"
+            "disagree with an unsharded model (docs/benchmarks.md, 'Memory and sharding'): raise ${option} if memory allows"
     }
     def width = "${count}".size()
     return (1..count).collect { i ->

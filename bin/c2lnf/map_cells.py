@@ -260,7 +260,7 @@ def weigh_gene_level_terms(model, weight: float) -> None:
     subsampling estimates, scaled by n / N): the gene-level parameters meet their priors with the weight they
     have in the unsharded model. Unweighted, each of k shards weighs those priors k times more against its
     data; since the abundances' scale trades off against m_g (the counts see their product), the shards' maps
-    then drift away from the unsharded model's (docs/benchmarks.md: on one rate path, 2 unweighted shards of
+    then drift away from the unsharded model's (benchmarks/README.md, "Shards": on one rate path, 2 unweighted shards of
     4,000 spots ended 0.02-0.03 apart on the ground-truth metrics, weighted ones within 0.008).
     """
     from pyro.poutine.messenger import Messenger

@@ -55,7 +55,7 @@ def limit_heap_retention() -> bool:
 
     glibc raises its mmap threshold each time a large block is freed, up to 32 MiB; after that, the tensors that
     torch allocates and frees at every training step (one per model site: locations x genes floats) come from the
-    heap, which keeps the freed pages. Measured (docs/benchmarks.md, "Memory"): a 2,000 x 4,000 mapping model
+    heap, which keeps the freed pages. Measured (benchmarks/README.md, "Memory"): a 2,000 x 4,000 mapping model
     peaked at 4.6 GB RSS, and at 1.9 GB with the threshold fixed at 1 MiB, no slower per epoch. A fixed threshold
     also turns off the dynamic one. Returns whether it was set. MALLOC_MMAP_THRESHOLD_ in the environment wins.
     Only for large models (map_cells: HEAP_LIMIT_MIN_ELEMENTS): for small ones every 1-2 MB tensor would then be a

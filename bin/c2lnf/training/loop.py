@@ -32,7 +32,7 @@ def _one_adam_class():
         Pyro's optimiser wrapper makes one torch optimiser per parameter and steps them one by one: 35 calls per
         step for the mapping model, each with torch's per-call work (its checks, hooks and, on a GPU, a handful
         of kernel launches per parameter): 3.0-3.6 ms of a ~30 ms CPU mapping epoch on the benchmark's data,
-        1.7-1.8 ms with one optimiser (docs/benchmarks.md). One optimiser over the same parameters does the same
+        1.7-1.8 ms with one optimiser (benchmarks/README.md). One optimiser over the same parameters does the same
         arithmetic (per-parameter state, the same defaults; on the CPU bit-identical results) in one call; on a
         GPU torch's default multi-tensor implementation then updates all parameters in a few kernels. As in
         Pyro, a step updates only the parameters it is given (new ones join the optimiser when first seen); the
