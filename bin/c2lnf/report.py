@@ -390,19 +390,25 @@ def _section_id(name: str) -> str:
 IMAGE_NAMES: dict[str, str] = {}
 
 
-def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: dict, runs: list[dict],
-                  verdicts: list[dict], figures: Path | None, versions: Path | None, params: dict | None,
-                  expected_sections: list[str]) -> list[str]:
-    """The custom-content files; returns the section ids in report order."""
-    order = []
-    IMAGE_NAMES.clear()
-
-    # 1. verdicts
+def verdict_summary(qc: pd.DataFrame, ref: dict, verdicts: list[dict], expected_sections: list[str],
+                    alphas: pd.DataFrame) -> dict:
+    """verdicts.json: the run verdict, every model's checks, sections without results, the thresholds, the markers
+    and (when several were fitted) the better detection_alpha per model."""
     missing_sections = [s for s in expected_sections if s not in qc.index]
     summary = {"run_verdict": worst([v["verdict"] for v in verdicts] + (["MISSING"] if missing_sections else [])),
                "models": verdicts, "missing_sections": missing_sections, "thresholds": THRESHOLDS}
     if ref.get("markers") is not None and not ref["markers"].empty:
         summary["markers"] = _table(ref["markers"])
+    if not alphas.empty:
+        summary["detection_alpha"] = {m: float(g.loc[g["better"] == "yes", "detection_alpha"].iloc[0])
+                                      for m, g in alphas.groupby("model") if (g["better"] == "yes").any()}
+    return summary
+
+
+def verdicts_section(outdir: Path, summary: dict, verdicts: list[dict]) -> list[str]:
+    """Verdicts: one row per trained model, its checks and what to do."""
+    order = []
+    missing_sections = summary["missing_sections"]
     headers = {
         "kind": {"title": "Kind"},
         "verdict": {"title": "Verdict", "description": "the worst of the checks of this model"},
@@ -443,9 +449,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
         "headers": headers, "data": table or {"(no model trained)": {"verdict": "MISSING"}},
     })
     order.append("c2l_verdicts")
-    (outdir / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+    return order
 
-    # 2. sections
+
+def sections_section(outdir: Path, qc: pd.DataFrame) -> list[str]:
+    """Sections: READ_VISIUM's QC, one row per section."""
+    order = []
     if not qc.empty:
         cols = {"n_spots": "Spots", "n_spots_dropped": "Spots dropped", "n_genes": "Genes",
                 "median_umis_per_spot": "Median UMIs / spot", "median_genes_per_spot": "Median genes / spot",
@@ -458,6 +467,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
             "pconfig": {"id": "c2l_sections_table", "title": "Sections", "col1_header": "Section"},
             "headers": {c: {"title": cols[c], "format": fmt[c]} for c in q.columns}, "data": _table(q)})
         order.append("c2l_sections")
+    return order
+
+
+def gene_overlap_section(outdir: Path, overlap: pd.DataFrame) -> list[str]:
+    """Gene overlap: the genes each section shares with the signatures."""
+    order = []
     if not overlap.empty:
         _yaml(outdir / "c2l_gene_overlap_mqc.yaml", {
             "id": "c2l_gene_overlap", "section_name": "Gene overlap", "plot_type": "table",
@@ -471,8 +486,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "status": {"title": "Status"}, "hint": {"title": "Hint"}},
             "data": _table(overlap)})
         order.append("c2l_gene_overlap")
+    return order
 
-    # 3. reference
+
+def reference_cells_section(outdir: Path, ref: dict) -> list[str]:
+    """Reference: cells per type after the gene filter."""
+    order = []
     if ref.get("cells_per_type"):
         _yaml(outdir / "c2l_reference_cells_mqc.yaml", {
             "id": "c2l_reference_cells", "section_name": "Reference: cells per type", "plot_type": "bargraph",
@@ -484,6 +503,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "cpswitch": False},
             "data": {t: {"cells": n} for t, n in ref["cells_per_type"].items()}})
         order.append("c2l_reference_cells")
+    return order
+
+
+def markers_section(outdir: Path, ref: dict) -> list[str]:
+    """Reference: each type's top markers the gene filter kept."""
+    order = []
     markers = ref.get("markers")
     if markers is not None and not markers.empty:
         in_cols = [c for c in markers.columns if c.startswith("in ")]
@@ -505,6 +530,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "no_violin": True},
             "headers": headers, "data": _table(markers[list(headers)])})
         order.append("c2l_markers")
+    return order
+
+
+def signature_agreement_section(outdir: Path, ref: dict) -> list[str]:
+    """Reference: each type's signature against its mean counts per cell."""
+    order = []
     if ref.get("signature_r"):
         _yaml(outdir / "c2l_signature_agreement_mqc.yaml", {
             "id": "c2l_signature_agreement", "section_name": "Reference: signatures vs per-type means",
@@ -516,8 +547,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "ylab": "Pearson r", "cpswitch": False},
             "data": {t: {"r": _clean(v)} for t, v in ref["signature_r"].items()}})
         order.append("c2l_signature_agreement")
+    return order
 
-    # 4. training: ELBO curves and a table
+
+def elbo_section(outdir: Path, runs: list[dict]) -> list[str]:
+    """Training: the -ELBO curve of every model."""
+    order = []
     curves = {}
     for run in runs:
         h = run["history"]
@@ -539,6 +574,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "logswitch": True},
             "data": curves})
         order.append("c2l_elbo")
+    return order
+
+
+def training_section(outdir: Path, runs: list[dict]) -> list[str]:
+    """Training: time, device and memory of every model."""
+    order = []
     trows = {}
     for run in runs:
         s = run["summary"] or {}
@@ -558,8 +599,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "memory_estimate_gb": {"title": "Memory estimate (GB)"}, "n_shards": {"title": "Shards"}},
             "data": trows})
         order.append("c2l_training")
+    return order
 
-    alphas = alpha_comparison(runs)
+
+def detection_alpha_section(outdir: Path, alphas: pd.DataFrame) -> list[str]:
+    """detection_alpha: which of the values fitted fits each model better."""
+    order = []
     if not alphas.empty:
         _yaml(outdir / "c2l_detection_alpha_mqc.yaml", {
             "id": "c2l_detection_alpha", "section_name": "detection_alpha: which fits better",
@@ -578,11 +623,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
                         "better": {"title": "Better"}},
             "data": _table(alphas)})
         order.append("c2l_detection_alpha")
-        summary["detection_alpha"] = {m: float(g.loc[g["better"] == "yes", "detection_alpha"].iloc[0])
-                                      for m, g in alphas.groupby("model") if (g["better"] == "yes").any()}
-        (outdir / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+    return order
 
-    # 5. maps
+
+def map_sections(outdir: Path, figures: Path | None) -> list[str]:
+    """The maps (and regions' composition), one image section each."""
+    order = []
     pngs = sorted(figures.rglob("*.png"), key=lambda p: (p.name, str(p))) if figures else []
     used: set[str] = set()
 
@@ -610,8 +656,12 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
             shutil.copyfile(png, outdir / f"{sid}_mqc.png")
             order.append(sid)
             IMAGE_NAMES[sid] = "Tissue regions: composition" + ("" if sid.endswith("composition") else f" ({sid.rsplit('_', 1)[-1]})")
+    return order
 
-    # 6. parameters and versions
+
+def params_section(outdir: Path, params: dict | None) -> list[str]:
+    """Parameters: the run's parameters."""
+    order = []
     if params:
         flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in sorted(params.items())
                 if v is not None and not str(k).startswith("config_profile")}
@@ -622,6 +672,29 @@ def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: di
             "headers": {"value": {"title": "Value"}},
             "data": {str(k): {"value": str(v)} for k, v in flat.items()}})
         order.append("c2l_params")
+    return order
+
+
+def write_content(outdir: Path, qc: pd.DataFrame, overlap: pd.DataFrame, ref: dict, runs: list[dict],
+                  verdicts: list[dict], figures: Path | None, versions: Path | None, params: dict | None,
+                  expected_sections: list[str]) -> list[str]:
+    """The custom-content files, one function per report section; returns the section ids in report order."""
+    IMAGE_NAMES.clear()
+    alphas = alpha_comparison(runs)
+    summary = verdict_summary(qc, ref, verdicts, expected_sections, alphas)
+    (outdir / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+    order = []
+    order += verdicts_section(outdir, summary, verdicts)
+    order += sections_section(outdir, qc)
+    order += gene_overlap_section(outdir, overlap)
+    order += reference_cells_section(outdir, ref)
+    order += markers_section(outdir, ref)
+    order += signature_agreement_section(outdir, ref)
+    order += elbo_section(outdir, runs)
+    order += training_section(outdir, runs)
+    order += detection_alpha_section(outdir, alphas)
+    order += map_sections(outdir, figures)
+    order += params_section(outdir, params)
     if versions and versions.exists():
         shutil.copyfile(versions, outdir / "software_mqc_versions.yml")
     return order
