@@ -47,8 +47,8 @@ TINY = {
               "--rounds", "1"],
     "memory": ["--sizes", "200x300x6,400x300x6,200x600x6,200x300x12", "--epochs", "3"],
     "sharding": ["--n-spots", "120", "--shards", "2", "--pipeline-args", "--max_epochs 60 --ref_max_epochs 6"],
-    "scale": ["--n-locations", "600", "--genes", "300", "--types", "6", "--sections", "2", "--gpu-memory-gb",
-              "0.01", "--epochs", "3"],
+    "scale": ["--n-locations", "600", "--genes", "300", "--types", "6", "--sections", "2",
+              "--max-locations-per-model", "300", "--epochs", "3"],
     "demo": [],
     "gpu": [],
 }

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sections", type=int, default=3)
     ap.add_argument("--gpu-memory-gb", type=float, default=4.0)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--max-locations-per-model", type=int, default=None,
+                    help="shard at this many locations instead of by the memory budget (smoke tests)")
     ap.add_argument("--workdir", type=Path, default=HERE / "work")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     cmd = ["nextflow", "run", REPO / "main.nf", "-profile", "local", "-work-dir", work / "nf-work", "--input", sheet,
            "--signatures", sig, "--outdir", out, "--map_max_epochs", a.epochs, "--map_min_epochs", 1,
            "--gpu_memory_gb", a.gpu_memory_gb]
+    if a.max_locations_per_model:
+        cmd += ["--max_locations_per_model", a.max_locations_per_model]
     res = timed_subprocess(cmd, work, work / "pipeline.log", env)
     trace = read_trace(out)
     shards = {}
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [{k: r[k] for k in ("process", "tag", "status", "realtime_s", "peak_rss_gb")} for r in trace]
     result = {"run_id": f"scale_{stamp}", "date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "versions": versions(), "n_locations": a.n_locations, "genes": a.genes,
-              "types": a.types, "gpu_memory_gb": a.gpu_memory_gb, "epochs": a.epochs, "wall_s": res["wall_s"],
+              "types": a.types, "gpu_memory_gb": a.gpu_memory_gb, "max_locations_per_model": a.max_locations_per_model,
+              "epochs": a.epochs, "wall_s": res["wall_s"],
               "n_shards": merged["n_shards"], "shards": shards, "sections": sections, "tasks": tasks,
               "figures": figures, "workdir": str(work)}
     a.results.mkdir(parents=True, exist_ok=True)

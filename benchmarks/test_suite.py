@@ -143,7 +143,7 @@ def test_sharding_tiny(tmp_path):
 def test_scale_tiny(tmp_path):
     bench("scale", *TINY["scale"], "--workdir", tmp_path / "work", "--results", tmp_path)
     out = one_result(tmp_path, "scale_run_*.json")
-    assert out
+    assert len(out["shards"]) == 2, out["shards"]
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
