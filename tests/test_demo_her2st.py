@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,7 +97,6 @@ def test_another_section_from_local_copies_with_na_label_rows(tmp_path, caplog):
     coordinates are dropped with a count in the log; spots left without a label get no region. Here H1's files
     stand in for G2's, with two NA rows added to the label file and one real row removed."""
     import logging
-    import shutil
 
     require(UPSTREAM / "her2st")
     local = tmp_path / "local" / "her2st"
@@ -153,6 +153,30 @@ def test_small_run_finds_the_compartments(her2st, small_run):
     print("small run AUROC:", json.dumps(got))
     for pair, measured in SMALL_RUN_MEASURED.items():
         assert got[pair] >= measured - MARGIN, f"{pair}: AUROC {got[pair]:.3f}, measured {measured:.3f}"
+
+
+def test_demo_benchmark_scores_a_small_run(her2st, small_run, tmp_path):
+    """`make bench NAME=demo` (benchmarks/her2st.py through the suite's entry point) on the small run laid out as
+    the pipeline publishes it: its JSON has every method's AUROCs for the expected pairs and the region means."""
+    import subprocess
+
+    results = tmp_path / "results"
+    (results / "map_cells" / "joint").mkdir(parents=True)
+    (results / "train_reference").mkdir()
+    for stat in ("means", "q05"):
+        shutil.copy(small_run / "map" / f"H1.{stat}_cell_abundance_w_sf.csv", results / "map_cells" / "joint")
+    shutil.copy(small_run / "ref" / "signatures.csv", results / "train_reference")
+    out = tmp_path / "demo.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "demo", "--results", str(results), "--data",
+                           str(her2st), "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for method in ("cell2location", "cell2location_prop", "stereoscope", "NNLS"):
+        assert "immune infiltrate / T-cells" in res["aurocs"][method]
+    assert res["aurocs"]["cell2location"]["immune infiltrate / T-cells"] >= SMALL_RUN_MEASURED[
+        "immune infiltrate / T-cells"] - MARGIN
+    assert set(res["region_means"]) == {"cell2location", "stereoscope", "NNLS"} and res["n_spots"] > 500
+    assert "| region / cell type |" in proc.stdout
 
 
 def test_demo_output_matches_the_benchmark():
