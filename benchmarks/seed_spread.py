@@ -47,9 +47,7 @@ def one_design(design: dict, bar_design: dict, work: Path, env: dict, p_seeds: l
     data = {"spots": str(bar_work / "data" / "spots.h5ad"), "reference": str(bar_work / "data" / "reference_half.h5ad")}
     truth = pd.read_csv(bar_work / "data" / "true_counts.csv", index_col=0)
     dev = device()
-    one_cpu = work / "one_cpu.config"  # designs run side by side: one core each, as the tutorial (OMP_NUM_THREADS=1)
     work.mkdir(parents=True, exist_ok=True)
-    one_cpu.write_text("process.resourceLimits = [cpus: 1]\n")
     runs = {"pipeline": {str(design["seed"]): bar_design["pipeline"]["metrics"]["overall"]},
             "tutorial": {str(design["seed"]): bar_design["tutorial_by_hand"]["metrics"]["overall"]}}
     for seed, metrics in (earlier_tutorial or {}).items():
@@ -58,7 +56,8 @@ def one_design(design: dict, bar_design: dict, work: Path, env: dict, p_seeds: l
     for seed in p_seeds:
         w = work / f"pipeline_seed{seed}"
         w.mkdir(parents=True, exist_ok=True)
-        cmd, out = pipeline_command(w, data, dev, seed, ["-c", one_cpu, *pipeline_args])
+        # designs run side by side: one core each, as the tutorial (OMP_NUM_THREADS=1)
+        cmd, out = pipeline_command(w, data, dev, seed, ["--max_cpus", "1", *pipeline_args])
         timed_subprocess(cmd, w, w / "pipeline.log", env)
         q05 = pd.read_csv(out / "map_cells" / "joint" / "sim.q05_cell_abundance_w_sf.csv", index_col=0)
         runs["pipeline"][str(seed)] = {k: evaluate(truth, q05)["overall"][k] for k in METRICS}

@@ -40,6 +40,15 @@ def one_result(folder: Path, pattern: str) -> dict:
     return json.loads(files[0].read_text())
 
 
+def no_unknown_parameters(work: Path) -> None:
+    """The smoke options reached the pipeline (Nextflow only warns about a parameter it does not know)."""
+    logs = [p for p in work.rglob("*.log") if p.name in ("pipeline.log",) or p.name.endswith("_shards.log")
+            or p.name == "unsharded.log"]
+    assert logs, f"no pipeline log under {work}"
+    for log in logs:
+        assert "Unknown parameter" not in log.read_text(errors="replace"), log
+
+
 def need_lymph_node():
     if not (TESTDATA / "lymph_node" / "reference.h5ad").is_file():
         pytest.skip(f"no lymph node test set under {TESTDATA}")
@@ -105,6 +114,7 @@ def bar_run(tmp_path_factory) -> Path:
 
 def test_bar_tiny(bar_run):
     out = one_result(bar_run, "bench_bar_*.json")
+    no_unknown_parameters(bar_run / "work")
     (design,) = out["designs"]
     assert design["design"]["name"] == "lymph200_random1000_seed1" and out["n_spots"] == 40
     assert set(design["bar"]) == {"wall_ratio", "metrics_not_worse", "q05_pearson_median"}
@@ -115,6 +125,7 @@ def test_seeds_tiny(bar_run, tmp_path):
     bar_json = next(bar_run.glob("bench_bar_*.json"))
     proc = bench("seeds", "--bar-json", bar_json, *TINY["seeds"], "--workdir", tmp_path / "work", "--results", tmp_path)
     out = one_result(tmp_path, "seed_spread_*.json")
+    no_unknown_parameters(tmp_path / "work")
     (design,) = out["designs"]
     assert set(design["runs"]["pipeline"]) == {"1", "5"} and set(design["runs"]["tutorial"]) == {"1"}
     assert isinstance(design["summary"]["not_worse_on_seed_means"], bool)
@@ -124,20 +135,21 @@ def test_seeds_tiny(bar_run, tmp_path):
 def test_epoch_tiny(tmp_path):
     bench("epoch", *TINY["epoch"], "--data", tmp_path / "data", "--results", tmp_path)
     out = one_result(tmp_path, "likelihood_costs_*.json")
-    assert out  # the per-model timings and breakdown: see likelihood_costs.py
+    assert {"runs", "summary", "profiles", "table_markdown"} <= set(out)
 
 
 def test_memory_tiny(tmp_path):
     bench("memory", *TINY["memory"], "--workdir", tmp_path / "work", "--results", tmp_path)
     out = one_result(tmp_path, "memory_model_*.json")
-    assert out
+    assert len(out["measurements"]) == 4 and out["fit"]
 
 
 def test_sharding_tiny(tmp_path):
     need_lymph_node()
     bench("sharding", *TINY["sharding"], "--workdir", tmp_path / "work", "--results", tmp_path)
     out = one_result(tmp_path, "sharding_*.json")
-    assert out
+    no_unknown_parameters(tmp_path / "work")
+    assert set(out["runs"]) == {"unsharded", "2_shards"}
 
 
 def test_scale_tiny(tmp_path):
