@@ -325,13 +325,14 @@ def test_label_signal_separates_cell_types_from_other_columns():
     assert report.grade(good["ratio"], "label_signal") == "PASS" and report.grade(bad["ratio"], "label_signal") == "FAIL"
 
 
-@pytest.mark.parametrize("labels_key,verdict", [("cell_type", "PASS"), ("sample", "FAIL")])
-def test_hippocampus_reference_at_the_defaults(tmp_path, caplog, labels_key, verdict):
+@pytest.mark.parametrize("labels_key,epochs,verdict", [("cell_type", None, "PASS"), ("sample", None, "FAIL"),
+                                                       ("cell_type", 12, "FAIL")])
+def test_hippocampus_reference_at_the_defaults(tmp_path, caplog, labels_key, epochs, verdict):
     """Real runs at the defaults (no training option given): the hippocampus reference (510 cells, 16 samples)
     with its cell types trains until its -ELBO is flat (the ceiling is the tutorial's 7,500 gradient steps; the
     rule stops it first) and every check is PASS. Broken on purpose: its `sample` column as the labels (no batch
     key, so the batch check cannot refuse it; 16 groups of 9 - 63 cells, enough cells per type): the labels check
-    is FAIL and the console line says to check --labels_key."""
+    is FAIL and the console line says to check --labels_key; 12 epochs: not converged, FAIL."""
     import logging
 
     from conftest import HIPPOCAMPUS, invoke, require
@@ -342,13 +343,19 @@ def test_hippocampus_reference_at_the_defaults(tmp_path, caplog, labels_key, ver
            "--outdir", tmp_path / "reference")
     ref = tmp_path / "reference"
     invoke("train-reference", "--reference", ref / "reference_filtered.h5ad", "--labels-key", labels_key, *batch,
-           "--device", "cpu", "--threads", "2", "--seed", "0", "--outdir", ref)
+           "--device", "cpu", "--threads", "2", "--seed", "0", "--outdir", ref,
+           *(["--max-epochs", str(epochs)] if epochs else []))
     with caplog.at_level(logging.WARNING, logger="c2l.report"):
         summary = report.run(None, ref, None, None, None, None, [], tmp_path / "content")
     v = summary["models"][0]
     s = json.loads((ref / "reference_training.json").read_text())
-    assert s["stop_kind"] == "converged" and s["epochs"] < 7500
     assert v["verdict"] == verdict
+    if epochs:
+        assert s["epochs"] == epochs and v["converged"] == "FAIL" and v["labels"] == "PASS"
+        line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
+        assert "is FAIL (converged" in line and "--ref_max_epochs" in line
+        return
+    assert s["stop_kind"] == "converged" and s["epochs"] < 7500
     if verdict == "PASS":
         assert v["converged"] == "PASS" and v["labels"] == "PASS" and v["label_signal"] > 6
         assert not [r for r in caplog.records if "model 'reference'" in r.getMessage()]
