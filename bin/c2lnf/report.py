@@ -52,8 +52,9 @@ THRESHOLDS = {
     # median over cell types of the Pearson r between log1p(signature) and log1p(per-type mean counts per cell
     # scaled to the signature's total), plot_QC's second panel
     "signature_r": {"pass": 0.8, "warn": 0.6, "higher": True},
-    # genes shared between a section and the signatures
-    "shared_genes": {"pass": 200, "warn": 50, "higher": True},
+    # genes shared between a section and the signatures; real runs at the defaults: the hippocampus section 124
+    # (17 types, mapping r 0.94, its maps follow the anatomy), the lymph node 558, her2st H1 4,896
+    "shared_genes": {"pass": 100, "warn": 50, "higher": True},
     # cells of the least represented type in the filtered reference
     "min_cells_per_type": {"pass": 20, "warn": 5, "higher": True},
     # of each type's top 20 markers in the reference (markers.py), those the gene filter keeps: the least of the
