@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

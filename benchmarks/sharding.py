@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         q = r["_q05"]
         if repeat is not None and not name.startswith("unsharded_seed"):
-            other = per_type_r(repeat["_q05"], q)
+            other = per_type_pearson(repeat["_q05"], q)
             r["q05_pearson_with_unsharded_other_seed"] = other
             r["q05_pearson_median_other_seed"] = float(np.median(list(other.values())))
         r.update(agreement(runs["unsharded"], q, r["metrics"]))
