@@ -165,8 +165,10 @@ class _Distributions:
 
 
 @contextlib.contextmanager
-def nonzero_likelihood(enabled: bool = True):
-    """Within the context both cell2location models score their counts with NonzeroGammaPoisson."""
+def nonzero_likelihood(enabled: bool = True, fused: bool = True):
+    """Within the context both cell2location models score their counts with NonzeroGammaPoisson and (`fused`)
+    compute their observation part with `_Fused` (see `fused_observation`; models it does not cover, e.g. a
+    reference with categorical covariates, use NonzeroGammaPoisson)."""
     if not enabled:
         yield
         return
@@ -175,7 +177,8 @@ def nonzero_likelihood(enabled: bool = True):
     try:
         for m, d in zip(modules, saved):
             m.dist = _wrapped(d)
-        yield
+        with fused_observation(fused):
+            yield
     finally:
         for m, d in zip(modules, saved):
             m.dist = d
@@ -185,3 +188,301 @@ def nonzero_likelihood(enabled: bool = True):
 @functools.lru_cache(maxsize=None)
 def _wrapped(base):
     return _Distributions(base)
+
+
+# ---------------------------------------------------------------- the observation part, fused
+#
+# Both models' expected counts are one matrix product of a small row factor and a small gene factor:
+#
+#   mapping:   mu = ((w_sf @ cell_state) * m_g + obs2sample @ s_g_gene_add) * detection_y_s
+#                 = (detection_y_s * [w_sf, obs2sample]) @ [cell_state * m_g; s_g_gene_add]
+#   reference: mu = (obs2label @ per_cluster_mu_fg + obs2sample @ s_g_gene_add) * (obs2sample @ detection_mean_y_e)
+#                 = (detection_y_c * [obs2label, obs2sample]) @ [per_cluster_mu_fg; s_g_gene_add]
+#
+# and alpha is one row per batch (mapping: obs2sample @ alpha_g^-2 selects it; reference: one row). `_Fused`
+# computes mu = Z @ M, the log-density of every count and its gradients for Z, M and alpha in a few passes over
+# the dense (rows x genes) matrix, keeping no dense temporaries but the one that becomes the gradient:
+#
+#   log p(x) = alpha log alpha + x log mu - (alpha + x) log(alpha + mu) + lgamma(alpha + x) - lgamma(alpha)
+#              - lgamma(x + 1)
+#   d/d mu    = x / mu - q,   q = (alpha + x) / (alpha + mu)
+#   d/d alpha = log alpha + 1 - log(alpha + mu) - q + digamma(alpha + x) - digamma(alpha)
+#
+# (Pyro's GammaPoisson(alpha, alpha / mu).log_prob rearranged.) x log mu is needed on the nonzero counts only;
+# lgamma(alpha + x) - lgamma(alpha) and digamma(alpha + x) - digamma(alpha) take one value per (batch, gene,
+# count) and are looked up in a table computed per step for counts 1..K (in float64; counts above K are
+# computed entry by entry); what depends on the data only (nonzero positions, counts, lgamma(x + 1), table
+# slots and their counts) is computed once per data tensor (`TERMS`).
+
+
+def _table_width(n_rows_alpha: int, n_genes: int) -> int:
+    """Counts 1..K are looked up in a (batches x genes x K) table: at most ~1M special-function calls a step."""
+    return int(max(4, min(64, 1_000_000 // max(1, n_rows_alpha * n_genes))))
+
+
+class _FusedTerms:
+    """The data-only terms of one data tensor (and its rows' batches), kept like `_DataTerms` (same identity and
+    version: not computed again; inside a JIT trace only when `DATA.constant_in_trace`)."""
+
+    def __init__(self):
+        self.key = None
+        self.terms = None
+
+    def get(self, x: torch.Tensor, batch_key, batch: torch.Tensor, n_alpha: int, k: int):
+        """`batch_key`: the model's batch argument (the tensor whose identity stands for `batch`), or None when
+        there is one alpha row."""
+        tracing = torch.jit.is_tracing()
+        key = (x, x._version, batch_key, -1 if batch_key is None else batch_key._version, n_alpha, k)
+        constant = DATA.constant_in_trace
+        if self.key is not None and all(a is b if (torch.is_tensor(a) or a is None) else a == b for a, b in zip(key, self.key)) \
+                and (not tracing or constant):
+            return self.terms
+        state = torch._C._get_tracing_state() if tracing and constant else None
+        if state is not None:
+            torch._C._set_tracing_state(None)
+        try:
+            with torch.no_grad():
+                terms = _data_terms(x, batch, n_alpha, k)
+        finally:
+            if state is not None:
+                torch._C._set_tracing_state(state)
+        if not tracing or constant:
+            self.key, self.terms = key, terms
+        return terms
+
+
+def _data_terms(x: torch.Tensor, batch: torch.Tensor, n_alpha: int, k: int):
+    n, g = x.shape
+    flat = x.reshape(-1)
+    idx = flat.nonzero().squeeze(-1)
+    xv = flat[idx]
+    rows = torch.div(idx, g, rounding_mode="floor")
+    cols = idx - rows * g
+    neg_lgamma_x1 = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(
+        0, rows, torch.lgamma(xv.double() + 1)).neg_().to(x.dtype)
+    slot = (batch[rows] if n_alpha > 1 else torch.zeros_like(rows)) * g + cols  # the (batch, gene) of each count
+    xi = xv.long()
+    small = (xi >= 1) & (xi <= k) & (xv == xi.to(xv.dtype))
+    tidx = torch.where(small, slot * k + (xi - 1), torch.full_like(slot, n_alpha * g * k))  # last slot: 0
+    big = (~small).nonzero().squeeze(-1)
+    counts = torch.bincount(tidx, minlength=n_alpha * g * k + 1)[:-1].to(x.dtype).view(n_alpha, g, k)
+    return idx, xv, rows, tidx, counts, big, slot[big], xv[big], neg_lgamma_x1
+
+
+TERMS = _FusedTerms()
+
+
+def _tables(alpha: torch.Tensor, k: int):
+    """lgamma(alpha + j) - lgamma(alpha) and digamma(alpha + j) - digamma(alpha), j = 1..k, (b, g, k), in float64
+    (then the input's dtype); a zero slot at the end of the flat lgamma table."""
+    a = alpha.detach().double().unsqueeze(-1)
+    j = torch.arange(1, k + 1, dtype=torch.float64, device=alpha.device)
+    lg = (torch.lgamma(a + j) - torch.lgamma(a)).to(alpha.dtype)
+    dg = (torch.digamma(a + j) - torch.digamma(a)).to(alpha.dtype)
+    return torch.cat([lg.reshape(-1), lg.new_zeros(1)]), dg
+
+
+class _Fused(torch.autograd.Function):
+    """Per-row log-likelihood (n, 1) of counts x under GammaPoisson(alpha, alpha / (Z @ M)), alpha = A[batch];
+    gradients for Z (n, K), M (K, g) and A (b, g). The backward pass needs the incoming gradient to be the same
+    for every row (what Pyro's ELBOs send: the site's scale)."""
+
+    @staticmethod
+    def forward(ctx, Z, M, A, x, batch, onehot, idx, xv, rows, tidx, counts, big, big_slot, big_x, neg_lgamma_x1):
+        n, g = x.shape
+        b = A.shape[0]
+        k = counts.shape[-1]
+        mu = Z @ M
+        mu_nz = mu.view(-1)[idx]
+        # alpha + mu (mu itself is needed no more) and alpha + x (becomes q, then the gradient)
+        apm = mu.add_(A) if b == 1 else mu.addmm_(onehot, A)
+        q = torch.add(x, A) if b == 1 else torch.addmm(x, onehot, A)
+        L = torch.log(apm)
+        rows_ll = -(q.unsqueeze(1) @ L.unsqueeze(2)).view(n)  # -(alpha + x) . log(alpha + mu), per row
+        col_L = L.sum(0, keepdim=True) if b == 1 else onehot.t() @ L
+        del L
+        q.div_(apm)
+        del apm, mu
+        col_q = q.sum(0, keepdim=True) if b == 1 else onehot.t() @ q
+        lg, dg = _tables(A, k)
+        nz = torch.addcmul(lg[tidx], xv, torch.log(mu_nz))
+        a_big = A.reshape(-1)[big_slot]
+        if big.numel():
+            nz.index_add_(0, big, torch.lgamma(a_big + big_x) - torch.lgamma(a_big))
+        rows_ll.index_add_(0, rows, nz)
+        a_log_a = (A * A.log()).sum(1)
+        rows_ll.add_(neg_lgamma_x1).add_(a_log_a if b == 1 else a_log_a[batch])
+        n_b = A.new_tensor([[float(n)]]) if b == 1 else onehot.sum(0).unsqueeze(1)
+        d_alpha = n_b * (A.log() + 1) - col_L - col_q + (counts * dg).sum(-1)
+        if big.numel():
+            d_alpha.view(-1).index_add_(0, big_slot, torch.digamma(a_big + big_x) - torch.digamma(a_big))
+        ctx.save_for_backward(Z, M, idx, xv, mu_nz)
+        ctx.q, ctx.d_alpha = q, d_alpha
+        return rows_ll.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        Z, M, idx, xv, mu_nz = ctx.saved_tensors
+        q, d_alpha = ctx.q, ctx.d_alpha
+        ctx.q = ctx.d_alpha = None
+        flat = grad.reshape(-1)
+        c = flat[:1]
+        if not (flat.numel() == 1 or grad.stride() == (0, 0) or bool((flat == c).all())):
+            raise NotImplementedError("the fused cell2location likelihood takes one gradient for all rows "
+                                      "(a scaled sum, as in Pyro's ELBOs)")
+        neg_g = q  # -(d log p / d mu) = q - x / mu
+        neg_g.view(-1).index_add_(0, idx, xv / mu_nz, alpha=-1)
+        g_z = g_m = None
+        if ctx.needs_input_grad[0]:
+            g_z = (neg_g @ M.t()).mul_(-c)
+        if ctx.needs_input_grad[1]:
+            g_m = (Z.t() @ neg_g).mul_(-c)
+        return (g_z, g_m, d_alpha * c) + (None,) * 12
+
+
+class FusedObservation(GammaPoisson):
+    """GammaPoisson(alpha, alpha / mu) for mu = Z @ M and alpha = A[batch] without the dense mu: its log_prob is
+    the per-row sum (n, 1) of the counts' log-densities (what the ELBO sums), computed by `_Fused`. Sampling,
+    mean and variance are Pyro's (they build mu)."""
+
+    def __init__(self, Z, M, A, batch, onehot, batch_key):
+        self.Z, self.M, self.A, self.batch, self.onehot, self.batch_key = Z, M, A, batch, onehot, batch_key
+        n, g = Z.shape[0], M.shape[1]
+        # batch_shape (n, g); the parameters are only placeholders (see _dense for the real ones)
+        super().__init__(A.new_ones(1, 1).expand(n, g), A.new_ones(1, 1).expand(n, g), validate_args=False)
+
+    def log_prob(self, value):
+        k = _table_width(self.A.shape[0], value.shape[1])
+        terms = TERMS.get(value, self.batch_key, self.batch, self.A.shape[0], k)
+        return _Fused.apply(self.Z, self.M, self.A, value, self.batch, self.onehot, *terms)
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) != self.batch_shape:
+            raise ValueError(f"FusedObservation has batch shape {tuple(self.batch_shape)}, not {tuple(batch_shape)}")
+        return self
+
+    def _dense(self):
+        alpha = self.A if self.A.shape[0] == 1 else self.A.index_select(0, self.batch)
+        return GammaPoisson(alpha.expand(self.Z.shape[0], self.M.shape[1]), alpha / (self.Z @ self.M))
+
+    def sample(self, sample_shape=torch.Size()):
+        return self._dense().sample(sample_shape)
+
+    @property
+    def mean(self):
+        return self._dense().mean
+
+    @property
+    def variance(self):
+        return self._dense().variance
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Latents:
+    """Records the values of a model's sample sites and stops the model after `last` (a Pyro messenger)."""
+
+    def __init__(self, last: str):
+        from pyro.poutine.messenger import Messenger
+
+        outer = self
+
+        class _M(Messenger):
+            def _postprocess_message(self, msg):
+                if msg["type"] == "sample":
+                    outer.values[msg["name"]] = msg["value"]
+                    if msg["name"] == last:
+                        raise _Stop
+
+        self.values: dict = {}
+        self.messenger = _M()
+
+
+def _latents(forward, module, args, last):
+    """Run cell2location's own forward (its priors, sites and names) up to its last latent site `last`; returns
+    the sites' values and the observation plate the forward made (`create_plates`)."""
+    rec = _Latents(last)
+    plates = []
+    make_plates = type(module).create_plates
+    object.__setattr__(module, "create_plates", lambda *a: plates.append(make_plates(module, *a)) or plates[-1])
+    try:
+        with rec.messenger:
+            forward(module, *args)
+    except _Stop:
+        return rec.values, plates[0]
+    finally:
+        object.__delattr__(module, "create_plates")
+    raise RuntimeError(f"the model did not reach its site {last!r}")
+
+
+def _mapping_forward(original):
+    def forward(self, x_data, idx, batch_index):
+        if self.training_wo_observed or self.dropout_p != 0 or x_data.dim() != 2 or x_data.layout != torch.strided:
+            return original(self, x_data, idx, batch_index)
+        import pyro
+
+        v, obs_plate = _latents(original, self, (x_data, idx, batch_index), "alpha_g_inverse")
+        w_sf, m_g, y_s = v["w_sf"], v["m_g"], v["detection_y_s"]
+        batch = batch_index.reshape(-1).long()
+        onehot = torch.nn.functional.one_hot(batch, self.n_batch).to(w_sf.dtype)
+        Z = torch.cat([w_sf, onehot], 1) * y_s
+        M = torch.cat([self.cell_state * m_g, v["s_g_gene_add"]], 0)
+        A = self.ones / v["alpha_g_inverse"].pow(2)
+        with obs_plate:
+            pyro.sample("data_target", FusedObservation(Z, M, A, batch, onehot, batch_index if self.n_batch > 1
+                                                        else None), obs=x_data)
+            pyro.deterministic("u_sf_mRNA_factors", w_sf * (self.cell_state * m_g).sum(-1))
+
+    return forward
+
+
+def _reference_forward(original):
+    def forward(self, x_data, idx, batch_index, label_index, extra_categoricals):
+        if self.n_extra_categoricals is not None or x_data.dim() != 2 or x_data.layout != torch.strided:
+            return original(self, x_data, idx, batch_index, label_index, extra_categoricals)
+        import pyro
+
+        args = (x_data, idx, batch_index, label_index, extra_categoricals)
+        v, obs_plate = _latents(original, self, args, "alpha_g_inverse")
+        mu_fg = v["per_cluster_mu_fg"]
+        dtype = mu_fg.dtype
+        batch = batch_index.reshape(-1).long()
+        obs2sample = torch.nn.functional.one_hot(batch, self.n_batch).to(dtype)
+        obs2label = torch.nn.functional.one_hot(label_index.reshape(-1).long(), self.n_factors).to(dtype)
+        y_c = obs2sample @ v["detection_mean_y_e"]
+        Z = torch.cat([obs2label, obs2sample], 1) * y_c
+        M = torch.cat([mu_fg, v["s_g_gene_add"]], 0)
+        A = self.ones / v["alpha_g_inverse"].pow(2)
+        with obs_plate:
+            pyro.sample("data_target", FusedObservation(Z, M, A, batch, obs2sample, None), obs=x_data)
+
+    return forward
+
+
+def _model_classes():
+    from cell2location.models._cell2location_module import (
+        LocationModelLinearDependentWMultiExperimentLocationBackgroundNormLevelGeneAlphaPyroModel as Mapping)
+    from cell2location.models.reference._reference_module import (
+        RegressionBackgroundDetectionTechPyroModel as Reference)
+
+    return [(Mapping, _mapping_forward), (Reference, _reference_forward)]
+
+
+@contextlib.contextmanager
+def fused_observation(enabled: bool = True):
+    """Within the context both models' observation part (expected counts and likelihood) is `_Fused`; their
+    latent part is cell2location's own forward, run up to its last latent site. Outside, nothing is changed."""
+    if not enabled:
+        yield
+        return
+    saved = [(cls, cls.__dict__["forward"]) for cls, _ in _model_classes()]
+    try:
+        for (cls, make), (_, original) in zip(_model_classes(), saved):
+            cls.forward = make(original)
+        yield
+    finally:
+        for cls, original in saved:
+            cls.forward = original
+        TERMS.__init__()
