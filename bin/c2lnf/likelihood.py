@@ -164,8 +164,12 @@ class _Distributions:
         return NonzeroGammaPoisson if name == "GammaPoisson" else getattr(self._base, name)
 
 
+FUSED = True  # the default of nonzero_likelihood(fused=None) (benchmarks/likelihood_costs.py turns it off to
+#               measure the unfused nonzero-count likelihood)
+
+
 @contextlib.contextmanager
-def nonzero_likelihood(enabled: bool = True, fused: bool = True):
+def nonzero_likelihood(enabled: bool = True, fused: bool | None = None):
     """Within the context both cell2location models score their counts with NonzeroGammaPoisson and (`fused`)
     compute their observation part with `_Fused` (see `fused_observation`; models it does not cover, e.g. a
     reference with categorical covariates, use NonzeroGammaPoisson)."""
@@ -177,7 +181,7 @@ def nonzero_likelihood(enabled: bool = True, fused: bool = True):
     try:
         for m, d in zip(modules, saved):
             m.dist = _wrapped(d)
-        with fused_observation(fused):
+        with fused_observation(FUSED if fused is None else fused):
             yield
     finally:
         for m, d in zip(modules, saved):
