@@ -262,8 +262,7 @@ def _data_terms(x: torch.Tensor, batch: torch.Tensor, n_alpha: int, k: int):
     xv = flat[idx]
     rows = torch.div(idx, g, rounding_mode="floor")
     cols = idx - rows * g
-    neg_lgamma_x1 = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(
-        0, rows, torch.lgamma(xv.double() + 1)).neg_().to(x.dtype)
+    neg_lgamma_x1 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, torch.lgamma(xv + 1)).neg_()
     slot = (batch[rows] if n_alpha > 1 else torch.zeros_like(rows)) * g + cols  # the (batch, gene) of each count
     xi = xv.long()
     small = (xi >= 1) & (xi <= k) & (xv == xi.to(xv.dtype))
@@ -302,8 +301,8 @@ class _Fused(torch.autograd.Function):
         apm = mu.add_(A) if b == 1 else mu.addmm_(onehot, A)
         q = torch.add(x, A) if b == 1 else torch.addmm(x, onehot, A)
         L = torch.log(apm)
-        rows_ll = -(q.unsqueeze(1) @ L.unsqueeze(2)).view(n)  # -(alpha + x) . log(alpha + mu), per row
         col_L = L.sum(0, keepdim=True) if b == 1 else onehot.t() @ L
+        rows_ll = L.mul_(q).sum(1).neg_()  # -(alpha + x) . log(alpha + mu), per row
         del L
         q.div_(apm)
         del apm, mu
