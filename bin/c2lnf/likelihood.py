@@ -262,7 +262,8 @@ def _data_terms(x: torch.Tensor, batch: torch.Tensor, n_alpha: int, k: int):
     xv = flat[idx]
     rows = torch.div(idx, g, rounding_mode="floor")
     cols = idx - rows * g
-    neg_lgamma_x1 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, torch.lgamma(xv + 1)).neg_()
+    neg_lgamma_x1 = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(
+        0, rows, torch.lgamma(xv + 1).double()).neg_()
     slot = (batch[rows] if n_alpha > 1 else torch.zeros_like(rows)) * g + cols  # the (batch, gene) of each count
     xi = xv.long()
     small = (xi >= 1) & (xi <= k) & (xv == xi.to(xv.dtype))
@@ -302,7 +303,8 @@ class _Fused(torch.autograd.Function):
         q = torch.add(x, A) if b == 1 else torch.addmm(x, onehot, A)
         L = torch.log(apm)
         col_L = L.sum(0, keepdim=True) if b == 1 else onehot.t() @ L
-        rows_ll = L.mul_(q).sum(1).neg_()  # -(alpha + x) . log(alpha + mu), per row
+        # -(alpha + x) . log(alpha + mu), per row, accumulated in float64 (the row's terms cancel to a few digits)
+        rows_ll = L.mul_(q).sum(1, dtype=torch.float64).neg_()
         del L
         q.div_(apm)
         del apm, mu
@@ -312,8 +314,8 @@ class _Fused(torch.autograd.Function):
         a_big = A.reshape(-1)[big_slot]
         if big.numel():
             nz.index_add_(0, big, torch.lgamma(a_big + big_x) - torch.lgamma(a_big))
-        rows_ll.index_add_(0, rows, nz)
-        a_log_a = (A * A.log()).sum(1)
+        rows_ll.index_add_(0, rows, nz.double())
+        a_log_a = (A.double() * A.double().log()).sum(1)
         rows_ll.add_(neg_lgamma_x1).add_(a_log_a if b == 1 else a_log_a[batch])
         n_b = A.new_tensor([[float(n)]]) if b == 1 else onehot.sum(0).unsqueeze(1)
         d_alpha = n_b * (A.log() + 1) - col_L - col_q + (counts * dg).sum(-1)
@@ -321,7 +323,7 @@ class _Fused(torch.autograd.Function):
             d_alpha.view(-1).index_add_(0, big_slot, torch.digamma(a_big + big_x) - torch.digamma(a_big))
         ctx.save_for_backward(Z, M, idx, xv, mu_nz)
         ctx.q, ctx.d_alpha = q, d_alpha
-        return rows_ll.unsqueeze(1)
+        return rows_ll.to(A.dtype).unsqueeze(1)
 
     @staticmethod
     def backward(ctx, grad):
