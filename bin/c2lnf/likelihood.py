@@ -277,11 +277,12 @@ TERMS = _FusedTerms()
 
 
 def _tables(alpha: torch.Tensor, k: int):
-    """lgamma(alpha + j) - lgamma(alpha) and digamma(alpha + j) - digamma(alpha), j = 1..k, (b, g, k), in float64
+    """lgamma(alpha + j) - lgamma(alpha) - j log(alpha) and digamma(alpha + j) - digamma(alpha), j = 1..k,
+    (b, g, k), in float64
     (then the input's dtype); a zero slot at the end of the flat lgamma table."""
     a = alpha.detach().double().unsqueeze(-1)
     j = torch.arange(1, k + 1, dtype=torch.float64, device=alpha.device)
-    lg = (torch.lgamma(a + j) - torch.lgamma(a)).to(alpha.dtype)
+    lg = (torch.lgamma(a + j) - torch.lgamma(a) - j * torch.log(a)).to(alpha.dtype)
     dg = (torch.digamma(a + j) - torch.digamma(a)).to(alpha.dtype)
     return torch.cat([lg.reshape(-1), lg.new_zeros(1)]), dg
 
@@ -298,32 +299,39 @@ class _Fused(torch.autograd.Function):
         k = counts.shape[-1]
         mu = Z @ M
         mu_nz = mu.view(-1)[idx]
-        # alpha + mu (mu itself is needed no more) and alpha + x (becomes q, then the gradient)
+        # l = log1p(mu / alpha) = log(alpha + mu) - log(alpha): every entry's -alpha * l and the per-row sums
+        # (of positive terms: no cancellation in float32)
+        inv_a = torch.reciprocal(A)
+        lp = torch.mul(mu, inv_a) if b == 1 else torch.mm(onehot, inv_a).mul_(mu)
+        lp.log1p_()
+        col_l = lp.sum(0, keepdim=True) if b == 1 else onehot.t() @ lp
+        rows_ll = (lp @ A.t()).view(n) if b == 1 else (lp @ A.t()).gather(1, batch.view(n, 1)).view(n)
+        rows_ll.neg_()
+        l_nz = lp.view(-1)[idx]
+        del lp
+        # q = (alpha + x) / (alpha + mu), which becomes the gradient (mu itself is needed no more)
         apm = mu.add_(A) if b == 1 else mu.addmm_(onehot, A)
         q = torch.add(x, A) if b == 1 else torch.addmm(x, onehot, A)
-        L = torch.log(apm)
-        col_L = L.sum(0, keepdim=True) if b == 1 else onehot.t() @ L
-        # -(alpha + x) . log(alpha + mu), per row, accumulated in float64 (the row's terms cancel to a few digits)
-        rows_ll = L.mul_(q).sum(1, dtype=torch.float64).neg_()
-        del L
         q.div_(apm)
         del apm, mu
         col_q = q.sum(0, keepdim=True) if b == 1 else onehot.t() @ q
+        # nonzero counts: x (log mu - log(alpha + mu)) + lgamma(alpha + x) - lgamma(alpha)
+        #   = x (log mu - l) + [lgamma(alpha + x) - lgamma(alpha) - x log alpha]   (the bracket from the table)
         lg, dg = _tables(A, k)
-        nz = torch.addcmul(lg[tidx], xv, torch.log(mu_nz))
+        nz = torch.log(mu_nz).sub_(l_nz).mul_(xv).add_(lg[tidx])
         a_big = A.reshape(-1)[big_slot]
         if big.numel():
-            nz.index_add_(0, big, torch.lgamma(a_big + big_x) - torch.lgamma(a_big))
-        rows_ll.index_add_(0, rows, nz.double())
-        a_log_a = (A.double() * A.double().log()).sum(1)
-        rows_ll.add_(neg_lgamma_x1).add_(a_log_a if b == 1 else a_log_a[batch])
+            nz.index_add_(0, big, torch.lgamma(a_big + big_x) - torch.lgamma(a_big) - big_x * torch.log(a_big))
+        rows_ll.index_add_(0, rows, nz)
+        rows_ll.add_(neg_lgamma_x1.to(rows_ll.dtype))
+        # d/d alpha = log alpha + 1 - log(alpha + mu) - q + digamma(alpha + x) - digamma(alpha) = 1 - l - q + ...
         n_b = A.new_tensor([[float(n)]]) if b == 1 else onehot.sum(0).unsqueeze(1)
-        d_alpha = n_b * (A.log() + 1) - col_L - col_q + (counts * dg).sum(-1)
+        d_alpha = (n_b - col_l - col_q) + (counts * dg).sum(-1)
         if big.numel():
             d_alpha.view(-1).index_add_(0, big_slot, torch.digamma(a_big + big_x) - torch.digamma(a_big))
         ctx.save_for_backward(Z, M, idx, xv, mu_nz)
         ctx.q, ctx.d_alpha = q, d_alpha
-        return rows_ll.to(A.dtype).unsqueeze(1)
+        return rows_ll.unsqueeze(1)
 
     @staticmethod
     def backward(ctx, grad):
