@@ -407,7 +407,7 @@ def test_fused_model_has_cell2location_sites():
                 guide = poutine.trace(model.module.guide).get_trace(*args, **kwargs)
                 traces[nonzero] = poutine.trace(poutine.replay(model.module.model, trace=guide)).get_trace(
                     *args, **kwargs)
-        sites = {k: {n: (s["type"], tuple(s["value"].shape) if torch.is_tensor(s["value"]) else None)
+        sites = {k: {n: (s["type"], tuple(s["value"].shape) if torch.is_tensor(s.get("value")) else None)
                      for n, s in traces[k].nodes.items()} for k in traces}
         assert sites[True] == sites[False]
         assert isinstance(traces[True].nodes["data_target"]["fn"], FusedObservation)
@@ -422,17 +422,27 @@ def test_seeded_training_gives_the_same_maps(models, tmp_path):
     from c2lnf import training
     from c2lnf.runtime import seed_everything
 
+    from cell2location.models import Cell2location
+
     make = models("mapping-sparse")
-    q05, elbo = {}, {}
+    q05, elbo, params = {}, {}, {}
     for nonzero in (False, True):
         seed_everything(0)
         model, monitor, _ = training.fit(make, training.Plan(300, 0.002, 0.002).fixed(), "cpu", None, True,
                                          nonzero_likelihood=nonzero)
         q05[nonzero] = training.analytic_posterior(model)["post_sample_q05"]["w_sf"]
         elbo[nonzero] = monitor.elbo
+        params[nonzero] = {n: tuple(p.shape) for n, p in pyro.get_param_store().named_parameters()}
     r = [np.corrcoef(q05[False][:, k], q05[True][:, k])[0, 1] for k in range(q05[False].shape[1])]
     assert np.median(r) >= 0.999, r
     assert abs(elbo[True][-1] - elbo[False][-1]) <= 1e-4 * abs(elbo[False][-1])
+    assert params[True] == params[False]  # the same parameters, names and shapes
+    # the model trained with it is cell2location's own: saved, loaded by stock cell2location, the same posterior
+    model.save(str(tmp_path / "m"), overwrite=True)
+    pyro.clear_param_store()
+    loaded = Cell2location.load(str(tmp_path / "m"), model.adata)
+    again = training.analytic_posterior(loaded)["post_sample_q05"]["w_sf"]
+    np.testing.assert_allclose(again, q05[True], rtol=1e-6)
 
 
 def test_full_batch_jit_refuses_other_data():
