@@ -264,9 +264,9 @@ def _data_terms(x: torch.Tensor, batch: torch.Tensor, n_alpha: int, k: int):
     cols = idx - rows * g
     neg_lgamma_x1 = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(
         0, rows, torch.lgamma(xv + 1).double()).neg_()
-    slot = (batch[rows] if n_alpha > 1 else torch.zeros_like(rows)) * g + cols  # the (batch, gene) of each count
+    slot = batch[rows] * g + cols if n_alpha > 1 else cols  # the (batch, gene) of each count
     xi = xv.long()
-    small = (xi >= 1) & (xi <= k) & (xv == xi.to(xv.dtype))
+    small = (xi <= k) & (xv == xi)  # whole counts 1..k (x > 0 here)
     tidx = torch.where(small, slot * k + (xi - 1), torch.full_like(slot, n_alpha * g * k))  # last slot: 0
     big = (~small).nonzero().squeeze(-1)
     counts = torch.bincount(tidx, minlength=n_alpha * g * k + 1)[:-1].to(x.dtype).view(n_alpha, g, k)
