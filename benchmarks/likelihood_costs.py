@@ -1,17 +1,22 @@
-"""Per-epoch time of both models at the tutorial's shapes, with Pyro's dense GammaPoisson likelihood and with
-the nonzero-count one (`c2lnf.likelihood`), in one process, and where each millisecond of an epoch goes.
+"""Per-epoch time of both models at the tutorial's shapes on three paths, in one process: Pyro's dense
+GammaPoisson ("pyro"), the nonzero-count likelihood alone ("nonzero", `likelihood.NonzeroGammaPoisson`) and the
+fused observation part ("fused", `likelihood._Fused`: the pipeline's default), and where each millisecond of an
+epoch goes.
 
 Data: `tutorial_scale.generate` (synthetic, the tutorial's 4,000 spots x 10,237 genes x 34 types, the spots'
 counts thinned to --spot-umis per spot, so that the share of nonzero counts is a Visium section's; a reference
 of --ref-cells cells x 10,237 genes, 34 types, 23 batches, trained in the tutorial's 2,500-cell minibatches).
 Signatures for the mapping are the synthetic reference's per-type mean expression (their values do not change
-the cost of an epoch). Both paths train through `training.fit` (the pipeline's fast path: JitTrace_ELBO for the
+the cost of an epoch). Every path trains through `training.fit` (the pipeline's fast path: JitTrace_ELBO for the
 full-batch mapping, Trace_ELBO for the minibatched reference, one optimiser, fixed epochs, 2 threads), in the
-order old, new, old, new, ... (--rounds rounds); each run's first --warmup epochs (JIT compilation, first
-allocations) are left out and the median of the rest is its ms/epoch. Then one more epoch of each path runs
-under torch.profiler and its self CPU time is grouped by kind of operation (the breakdown).
+order pyro, nonzero, fused, pyro, ... (--rounds rounds); each run's first --warmup epochs (JIT compilation, first
+allocations) are left out and the median of the rest is its ms/epoch. Then:
+- the phase table: --phase-steps Trace_ELBO steps of each model and path done by hand with each section timed
+  (minibatch, guide, model, data log-likelihood, other log-densities, backward, optimiser), x steps per epoch;
+- the operator table: one more epoch of each path under torch.profiler, self CPU time grouped by kind of operator;
+- with --memory, the peak RSS of a 3-epoch mapping run of each path, each in its own process.
 
-    flock /tmp/c2l-heavy.lock .venv/bin/python benchmarks/likelihood_costs.py [--epochs 6] [--rounds 2]
+    flock /tmp/c2l-heavy.lock .venv/bin/python benchmarks/likelihood_costs.py --epochs 4 --ref-epochs 3 --rounds 2 --memory
 
 Writes benchmarks/results/likelihood_costs_<timestamp>.json and prints markdown tables.
 """
