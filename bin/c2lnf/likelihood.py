@@ -17,8 +17,14 @@ computed once per data tensor (once per data set when the same tensor comes back
 full-batch run: see `training.FullBatchSplitter`; once per minibatch otherwise).
 
 `nonzero_likelihood()` makes both cell2location models use it for as long as the context lasts (their modules'
-`dist.GammaPoisson` is swapped, nothing else): the model, its priors, guide, parameter names and saved state
-are unchanged, and a model saved or exported afterwards is cell2location's own.
+`dist.GammaPoisson` is swapped), and by default also fuses each model's observation part (`fused_observation`,
+below): the expected counts mu, which both models build from a few small factors, and the log-density are then
+computed in one autograd function (`_Fused`) with a hand-written backward pass, a few passes over the dense
+matrix in all and one dense temporary kept for the backward pass. The latent part of the model is
+cell2location's own forward, run up to its last latent site; the sites, their names, the priors, the guide,
+the parameters and saved state are unchanged, and a model saved or exported afterwards is cell2location's own.
+Measured at the tutorial's shapes (benchmarks/likelihood_costs.py): mapping epoch 3.5 s -> 0.87 s, reference
+epoch 7.6 s -> 2.5 s, against Pyro's GammaPoisson in the same run.
 """
 
 from __future__ import annotations
