@@ -244,8 +244,9 @@ class _FusedTerms:
         tracing = torch.jit.is_tracing()
         key = (x, x._version, batch_key, -1 if batch_key is None else batch_key._version, n_alpha, k)
         constant = DATA.constant_in_trace
-        if self.key is not None and all(a is b if (torch.is_tensor(a) or a is None) else a == b for a, b in zip(key, self.key)) \
-                and (not tracing or constant):
+        same = self.key is not None and all(a is b if (torch.is_tensor(a) or a is None) else a == b
+                                            for a, b in zip(key, self.key))
+        if same and (not tracing or constant):
             return self.terms
         state = torch._C._get_tracing_state() if tracing and constant else None
         if state is not None:
