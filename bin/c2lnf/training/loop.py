@@ -185,7 +185,8 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
             on_device, loading = device_data(data_on_device, accelerator, model.adata_manager.adata, one_batch)
             if on_device:
                 use_device_data(model, accelerator)
-            likelihood = "nonzero-count GammaPoisson" if nonzero_likelihood else "Pyro's GammaPoisson"
+            likelihood = ("nonzero-count GammaPoisson, fused with the expected counts where the model allows"
+                          if nonzero_likelihood else "Pyro's GammaPoisson")
             LOG.info("training plan: %s; loss %s; likelihood %s; data: %s", plan.describe(), type(loss).__name__,
                      likelihood, loading)
             with pyro.validation_enabled(False), likelihood_context(nonzero_likelihood):
