@@ -82,6 +82,15 @@ def thin(X, median_umis: float, seed: int = 0):
     return out
 
 
+def breakdown_table(title: str, runs: list[dict], labels, value, total_label: str, total) -> str:
+    """A markdown table: one row per label, one column per run (model and path), values in ms."""
+    lines = [f"| {title} | " + " | ".join(f"{p['model']} {p['path']}" for p in runs) + " |",
+             "|---|" + "---:|" * len(runs)]
+    lines += [f"| {lab} | " + " | ".join(f"{value(p, lab):.0f}" for p in runs) + " |" for lab in labels]
+    lines.append(f"| {total_label} | " + " | ".join(f"{total(p):.0f}" for p in runs) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="make bench NAME=epoch", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE / "work" / "likelihood_costs_data")
@@ -332,25 +341,17 @@ def main() -> None:
             (f" | {med['pyro'] / med[paths[-1]]:.2f}x |" if "pyro" in med else " | |"))
     md = "\n".join(lines)
     if phases:
-        head = "| where an epoch goes (timed sections, ms/epoch, Trace_ELBO steps) | " + " | ".join(
-            f"{p['model']} {p['path']}" for p in phases) + " |"
-        md3 = [head, "|---|" + "---:|" * len(phases)]
-        for lab in PHASES:
-            md3.append(f"| {lab} | " + " | ".join(f"{p['phase_ms'].get(lab, 0):.0f}" for p in phases) + " |")
-        md3.append("| total | " + " | ".join(f"{sum(p['phase_ms'].values()):.0f}" for p in phases) + " |")
-        md += "\n\n" + "\n".join(md3)
+        md += "\n\n" + breakdown_table("where an epoch goes (timed sections, ms/epoch, Trace_ELBO steps)", phases,
+                                        PHASES, lambda p, lab: p["phase_ms"].get(lab, 0),
+                                        "total", lambda p: sum(p["phase_ms"].values()))
     if memory:
         md += "\n\n| mapping, 3 epochs, own process | peak RSS (GB) |\n|---|---:|\n" + "\n".join(
             f"| {m['path']} | {m['peak_rss_gb']:.2f} |" for m in memory)
     if profiles:
-        labels_ = sorted({k for p in profiles for k in p.get("profile_ms", {})})
-        head = "| where the time goes (self CPU ms, one epoch) | " + " | ".join(
-            f"{p['model']} {p['path']}" for p in profiles) + " |"
-        md2 = [head, "|---|" + "---:|" * len(profiles)]
-        for lab in labels_:
-            md2.append(f"| {lab} | " + " | ".join(f"{p.get('profile_ms', {}).get(lab, 0):.0f}" for p in profiles) + " |")
-        md2.append("| total (profiled epoch) | " + " | ".join(f"{p.get('profile_total_ms', 0):.0f}" for p in profiles) + " |")
-        md += "\n\n" + "\n".join(md2)
+        md += "\n\n" + breakdown_table("where the time goes (self CPU ms, one epoch)", profiles,
+                                        sorted({k for p in profiles for k in p.get("profile_ms", {})}),
+                                        lambda p, lab: p.get("profile_ms", {}).get(lab, 0),
+                                        "total (profiled epoch)", lambda p: p.get("profile_total_ms", 0))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"likelihood_costs_{stamp}.json"
