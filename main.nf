@@ -32,7 +32,7 @@ def helpMessage(Map p) {
       --mapping_mode joint|per_sample   [${p.mapping_mode}]
       --n_cells_per_location            [${p.n_cells_per_location}]
       --detection_alpha                 [${p.detection_alpha}]
-      --ref_max_epochs                  [${p.ref_max_epochs ?: '7,500 steps in epochs'}] (ceiling: training stops at convergence)
+      --ref_max_epochs                  [${p.ref_max_epochs}]   (ceiling: training stops at convergence)
       --map_max_epochs                  [${p.map_max_epochs}] (ceiling: training stops at convergence)
       --max_locations_per_model         [${p.max_locations_per_model ?: 'from the memory model'}] (larger models are split into shards)
       --gpu_memory_gb                   [${p.gpu_memory_gb}]   (memory budget of one mapping model)

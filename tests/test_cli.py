@@ -47,10 +47,7 @@ def test_hand_run_defaults_are_the_pipelines():
     from c2lnf.cli import DEFAULTS
 
     nf = _nextflow_params()
-    def num(v):  # None / null: a default the step works out itself (the reference's ceiling)
-        return None if v in (None, "null") else float(v)
-
-    assert {k: num(v) for k, v in DEFAULTS.items()} == {k: num(nf[k]) for k in DEFAULTS}
+    assert {k: float(v) for k, v in DEFAULTS.items()} == {k: float(nf[k]) for k in DEFAULTS}
     options = {(c, p.name): p.default for c, cmd in cli.commands.items() for p in cmd.params}
     pairs = {("filter-reference", "cell_count_cutoff"): "cell_count_cutoff",
              ("filter-reference", "min_cells_per_type"): "min_cells_per_type",
@@ -61,7 +58,7 @@ def test_hand_run_defaults_are_the_pipelines():
              ("map-cells", "n_cells_per_location"): "n_cells_per_location",
              ("plot-spatial", "n_overlay"): "n_overlay"}
     for option, param in pairs.items():
-        assert num(options[option]) == num(nf[param]), (option, param)
+        assert float(options[option]) == float(nf[param]), (option, param)
     assert [float(v) for v in options[("map-cells", "detection_alpha")]] == [float(nf["detection_alpha"])]
 
 

@@ -129,8 +129,7 @@ def test_another_section_from_local_copies_with_na_label_rows(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def small_run(her2st, tmp_path_factory) -> Path:
-    """filter-reference (833 genes shared with H1) -> train-reference (40 epochs at the tutorial's lr 0.002, as
-    measured) -> map-cells (600 epochs at lr
+    """filter-reference (833 genes shared with H1) -> train-reference (40 epochs) -> map-cells (600 epochs at lr
     0.03): a few minutes of CPU, a fraction of the demo's."""
     out = tmp_path_factory.mktemp("her2st_run")
     invoke("read-visium", "--sample", "H1", "--h5ad", her2st / "H1.h5ad", "--outdir", out / "read")
@@ -138,8 +137,8 @@ def small_run(her2st, tmp_path_factory) -> Path:
            "--cell-count-cutoff", "50", "--cell-percentage-cutoff2", "0.15", "--nonz-mean-cutoff", "1.6",
            "--outdir", out / "filter")
     invoke("train-reference", "--reference", out / "filter" / "reference_filtered.h5ad", "--labels-key",
-           "celltype_major", "--max-epochs", "40", "--no-early-stop", "--lr", "0.002", "--device", "cpu",
-           "--threads", "2", "--seed", "0", "--outdir", out / "ref")
+           "celltype_major", "--max-epochs", "40", "--no-early-stop", "--device", "cpu", "--threads", "2",
+           "--seed", "0", "--outdir", out / "ref")
     invoke("map-cells", "--section", f"H1={out / 'read' / 'H1.h5ad'}", "--signatures", out / "ref" / "signatures.csv",
            "--n-cells-per-location", "60", "--max-epochs", "600", "--no-early-stop", "--device", "cpu",
            "--threads", "2", "--seed", "0", "--prefix", "joint", "--outdir", out / "map")

@@ -58,18 +58,3 @@ def test_signatures_genes_by_cell_types(reference_run, filtered_reference):
     posterior = ad.read_h5ad(reference_run / "reference_posterior.h5ad", backed="r")
     assert list(posterior.uns["mod"]["factor_names"]) == LN_CELL_TYPES
     assert posterior.uns["mod"]["post_sample_means"] is not None
-
-
-def test_default_ceiling_is_the_tutorials_gradient_steps(tmp_path):
-    """--max-epochs left out: the tutorial's 7,500 gradient steps in epochs of the reference's minibatches (its
-    73,260 cells in minibatches of 2,500: 250 epochs; one minibatch: 7,500); --tutorial-settings: 250."""
-    import anndata as ad
-    import numpy as np
-
-    from c2lnf.train_reference import default_max_epochs
-
-    for n, batch, epochs in [(73260, 2500, 250), (330, 2500, 7500), (5000, 2500, 3750), (2500, 2500, 7500)]:
-        path = tmp_path / f"r{n}.h5ad"
-        ad.AnnData(np.zeros((n, 2), dtype=np.float32)).write_h5ad(path)
-        assert default_max_epochs(path, batch) == epochs
-        assert default_max_epochs(path, batch, tutorial_settings=True) == 250

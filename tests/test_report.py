@@ -305,84 +305,20 @@ def test_labels_that_are_the_batches_are_refused(tmp_path):
     assert not (tmp_path / "out" / "reference_filtered.h5ad").exists()
 
 
-def test_label_signal_separates_cell_types_from_other_columns():
-    """markers.label_signal on a made-up reference: labels that follow the expression explain many times what
-    the same labels permuted do; a column unrelated to it (a sample column, here random) about as much."""
-    import anndata as ad
-
-    from c2lnf.markers import label_signal
-
-    rng = np.random.default_rng(0)
-    types = np.repeat(np.arange(6), 40)
-    profile = rng.gamma(0.5, 2.0, size=(6, 400))  # one expression profile per type
-    counts = rng.poisson(profile[types] * rng.uniform(0.5, 2.0, size=(len(types), 1)))
-    adata = ad.AnnData(counts.astype(np.float32))
-    adata.obs["cell_type"] = [f"t{i}" for i in types]
-    adata.obs["sample"] = [f"s{i}" for i in rng.integers(0, 8, len(types))]
-    good, bad = label_signal(adata, "cell_type"), label_signal(adata, "sample")
-    assert good["n_genes"] == 400 and good["ratio"] > 2 * report.THRESHOLDS["label_signal"]["pass"]
-    assert 0.7 < bad["ratio"] < report.THRESHOLDS["label_signal"]["warn"]
-    assert report.grade(good["ratio"], "label_signal") == "PASS" and report.grade(bad["ratio"], "label_signal") == "FAIL"
-
-
-@pytest.mark.parametrize("labels_key,epochs,verdict", [("cell_type", None, "PASS"), ("sample", None, "FAIL"),
-                                                       ("cell_type", 12, "FAIL")])
-def test_hippocampus_reference_at_the_defaults(tmp_path, caplog, labels_key, epochs, verdict):
-    """Real runs at the defaults (no training option given): the hippocampus reference (510 cells, 16 samples)
-    with its cell types trains until its -ELBO is flat (the ceiling is the tutorial's 7,500 gradient steps; the
-    rule stops it first) and every check is PASS. Broken on purpose: its `sample` column as the labels (no batch
-    key, so the batch check cannot refuse it; 16 groups of 9 - 63 cells, enough cells per type): the labels check
-    is FAIL and the console line says to check --labels_key; 12 epochs: not converged, FAIL."""
-    import logging
-
-    from conftest import HIPPOCAMPUS, invoke, require
-
-    require(HIPPOCAMPUS)
-    batch = ["--batch-key", "sample"] if labels_key == "cell_type" else []
-    invoke("filter-reference", "--reference", HIPPOCAMPUS / "reference.h5ad", "--labels-key", labels_key, *batch,
-           "--outdir", tmp_path / "reference")
-    ref = tmp_path / "reference"
-    invoke("train-reference", "--reference", ref / "reference_filtered.h5ad", "--labels-key", labels_key, *batch,
-           "--device", "cpu", "--threads", "2", "--seed", "0", "--outdir", ref,
-           *(["--max-epochs", str(epochs)] if epochs else []))
-    with caplog.at_level(logging.WARNING, logger="c2l.report"):
-        summary = report.run(None, ref, None, None, None, None, [], tmp_path / "content")
-    v = summary["models"][0]
-    s = json.loads((ref / "reference_training.json").read_text())
-    assert v["verdict"] == verdict
-    if epochs:
-        assert s["epochs"] == epochs and v["converged"] == "FAIL" and v["labels"] == "PASS"
-        line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
-        assert "is FAIL (converged" in line and "--ref_max_epochs" in line
-        return
-    assert s["stop_kind"] == "converged" and s["epochs"] < 7500
-    if verdict == "PASS":
-        assert v["converged"] == "PASS" and v["labels"] == "PASS" and v["label_signal"] > 6
-        assert not [r for r in caplog.records if "model 'reference'" in r.getMessage()]
-    else:
-        assert v["labels"] == "FAIL" and v["label_signal"] < 2 and "labels" in v["cause"].split(", ")
-        line = next(r.getMessage() for r in caplog.records if "model 'reference'" in r.getMessage())
-        assert "is FAIL" in line and "--labels_key" in line
-
-
 def test_real_references_at_the_defaults_are_graded_by_what_was_measured(tmp_path):
-    """The hippocampus reference at the old defaults (250 epochs at lr 0.002 reached, -ELBO changing 8.0e-3
-    between the last two tenths, reconstruction r 0.69, signature r 0.9998): WARN for convergence only, saying
-    to train longer; its r is what sparse single cells allow (PASS). At the new defaults (the rule stops it, flat
-    to 1.7e-4): PASS. The same reference after 12 epochs: FAIL."""
+    """The hippocampus reference at the defaults (measured: 250 epochs reached, -ELBO changing 8.0e-3 between the
+    last two tenths, reconstruction r 0.69, signature r 0.9998; from 250 to 1,000 epochs its signatures still
+    change by 16 % in scale, median over types): WARN for convergence only, saying to train longer; its r is
+    what sparse single cells allow (PASS). The same reference after 12 epochs: FAIL."""
     ref = tmp_path / "reference"
     ref.mkdir()
     good = {"cells_per_type": {"A": 30, "B": 30}, "signature_agreement": {"A": 0.9998, "B": 0.9997},
-            "label_signal": {"ratio": 8.76}, "stop_kind": "max_epochs"}
+            "stop_kind": "max_epochs"}
     _training(ref / "reference_training.json", stop_reason="reached max_epochs 250", flat=8.0e-3, r_log1p=0.69,
               epochs=250, extra=good)
     v = report.run(None, ref, None, None, None, None, [], tmp_path / "c1")["models"][0]
     assert v["verdict"] == "WARN" and v["cause"] == "converged" and v["reconstruction"] == "PASS"
     assert "--ref_max_epochs" in v["action"]
-    _training(ref / "reference_training.json", stop_reason="converged: ...", flat=1.7e-4, r_log1p=0.69,
-              epochs=220, extra={**good, "stop_kind": "converged"})
-    v = report.run(None, ref, None, None, None, None, [], tmp_path / "c3")["models"][0]
-    assert v["verdict"] == "PASS" and v["labels"] == "PASS"
     _training(ref / "reference_training.json", stop_reason="reached max_epochs 12", flat=1.5e-2, r_log1p=0.65,
               epochs=12, extra=good)
     v = report.run(None, ref, None, None, None, None, [], tmp_path / "c2")["models"][0]

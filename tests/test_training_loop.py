@@ -48,7 +48,7 @@ def test_reference_with_its_data_on_the_device_learns_the_same(filtered_referenc
         out = tmp_path / mode
         invoke("train-reference", "--reference", filtered_reference / "reference_filtered.h5ad", "--labels-key",
                "cell_type", "--batch-key", "sample", "--batch-size", "100", "--max-epochs", "60", "--no-early-stop",
-               "--lr", "0.002", "--device", "cpu", "--seed", "0", "--data-on-device", mode, "--outdir", out)
+               "--device", "cpu", "--seed", "0", "--data-on-device", mode, "--outdir", out)
         runs[mode] = (pd.read_csv(out / "signatures.csv", index_col=0),
                       json.loads((out / "reference_training.json").read_text()))
     (sig_off, js_off), (sig_on, js_on) = runs["off"], runs["on"]

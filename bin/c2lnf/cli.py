@@ -83,7 +83,7 @@ def _key_values(ctx, param, values):
 # checks that it equals nextflow.config.
 DEFAULTS = {
     "cell_count_cutoff": 5, "cell_percentage_cutoff2": 0.03, "nonz_mean_cutoff": 1.12, "min_cells_per_type": 5,
-    "ref_max_epochs": None, "ref_batch_size": 2500, "ref_lr": 0.02, "ref_lr_min": 0.002, "ref_stop_tol": 1e-3,
+    "ref_max_epochs": 250, "ref_batch_size": 2500, "ref_lr": 0.002, "ref_lr_min": 0.002, "ref_stop_tol": 1e-3,
     "ref_stop_window": 10, "ref_min_epochs": 50, "ref_num_samples": 1000,
     "n_cells_per_location": 30, "detection_alpha": 20,
     "map_max_epochs": 30000, "map_lr": 0.03, "map_lr_min": 0.002, "map_stop_tol": 1e-4, "map_stop_window": 100,
@@ -102,12 +102,8 @@ def training_options(model: str):
 
     def decorate(func):
         options = [
-            click.option("--max-epochs", type=int, default=d["max_epochs"], show_default=d["max_epochs"] is not None,
-                         callback=_positive,
-                         help="Most epochs to train (training stops earlier once converged)" + (
-                             "; default: the tutorial's 7,500 gradient steps (its 250 epochs of 30 minibatches) in "
-                             "epochs of this reference's minibatches, 250 with --tutorial-settings."
-                             if d["max_epochs"] is None else " (the tutorial's number).")),
+            click.option("--max-epochs", type=int, default=d["max_epochs"], show_default=True, callback=_positive,
+                         help="Most epochs to train (the tutorial's number; training stops earlier once converged)."),
             click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                          help="Where to train: a CUDA GPU if torch sees one (auto), or force cpu/cuda."),
             click.option("--require-gpu", is_flag=True, help="Fail instead of falling back to the CPU when no GPU is visible."),
@@ -268,11 +264,8 @@ def train_reference_cmd(reference, labels_key, batch_key, categorical_covariate_
     """Train the reference regression model and export cell-type signatures."""
     from .train_reference import run
 
-    from .train_reference import default_max_epochs
     from .training.stopping import REF_FLAT_TOL
 
-    if options["max_epochs"] is None:
-        options["max_epochs"] = default_max_epochs(reference, batch_size, options["tutorial_settings"])
     setup = _training(device, require_gpu, threads, seed, flat_tol=REF_FLAT_TOL, **options)
     run(reference, labels_key, batch_key, categorical_covariate_keys, batch_size, setup, outdir, prefix)
 

@@ -13,31 +13,6 @@ from .training import Plan, Setup, Trained, train_and_export
 LOG = logging.getLogger("c2l.train_reference")
 
 
-#: the tutorial's reference: 250 epochs of 73,260 cells in minibatches of 2,500 (30 an epoch) = 7,500 gradient steps
-TUTORIAL_REF_EPOCHS = 250
-TUTORIAL_REF_STEPS = 7500
-
-
-def default_max_epochs(reference: Path, batch_size: int, tutorial_settings: bool = False) -> int:
-    """The reference's default ceiling: the tutorial's 7,500 gradient steps in epochs of this reference's
-    minibatches (250 epochs for the tutorial's 73,260 cells, 7,500 for a reference of one minibatch), so that a
-    small reference is not stopped after 250 steps while its -ELBO still falls (docs/output.md, "Stopping rule of
-    the reference"). With --tutorial-settings the tutorial's 250 epochs."""
-    import math
-
-    if tutorial_settings:
-        return TUTORIAL_REF_EPOCHS
-    backed = ad.read_h5ad(reference, backed="r")
-    try:
-        n_obs = backed.n_obs
-    finally:
-        backed.file.close()
-    epochs = math.ceil(TUTORIAL_REF_STEPS / math.ceil(n_obs / batch_size))
-    LOG.info("reference ceiling: %d epochs (%d cells, %d minibatches an epoch: the tutorial's %d gradient steps)",
-             epochs, n_obs, math.ceil(n_obs / batch_size), TUTORIAL_REF_STEPS)
-    return epochs
-
-
 def train_reference(
     adata: ad.AnnData,
     labels_key: str,
@@ -83,9 +58,8 @@ def signatures(adata: ad.AnnData) -> pd.DataFrame:
 
 
 def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> dict:
-    """For the run report: cells per type, per type the Pearson r of log1p(signature) with log1p(the type's mean
-    counts per cell) over the signatures' genes (plot_QC's "signatures vs per-cluster averages"), and how much of
-    the expression the labels explain against random labels (markers.label_signal)."""
+    """For the run report: cells per type and, per type, the Pearson r of log1p(signature) with log1p(the
+    type's mean counts per cell) over the signatures' genes (plot_QC's "signatures vs per-cluster averages")."""
     from .report import signature_agreement
 
     labels = adata.obs[labels_key].astype(str)
@@ -94,17 +68,8 @@ def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> d
     except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training
         LOG.warning("signature agreement not computed: %s", exc)
         agreement = {}
-    from .markers import label_signal
-
-    try:
-        signal = label_signal(adata, labels_key)
-        LOG.info("labels '%s' explain %.3f of the variance of the %d most variable genes (%.1fx labels at random)",
-                 labels_key, signal["r2"], signal["n_genes"], signal["ratio"])
-    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training
-        LOG.warning("label signal not computed: %s", exc)
-        signal = None
     return {"cells_per_type": {k: int(v) for k, v in labels.value_counts().sort_index().items()},
-            "signature_agreement": agreement, "label_signal": signal}
+            "signature_agreement": agreement}
 
 
 def plot_reference_qc(model, path) -> None:
