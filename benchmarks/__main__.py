@@ -90,17 +90,8 @@ def main(argv: list[str]) -> int:
               "(see benchmarks/gpu_check.py)", file=sys.stderr)
         return 2
     sys.stdout.flush()
-    os.execv(cmd[0] if os.path.isabs(cmd[0]) else _which(cmd[0]), cmd)
+    os.execvp(cmd[0], cmd)  # the interpreter by path, bash from PATH
     return 0  # not reached
-
-
-def _which(program: str) -> str:
-    import shutil
-
-    found = shutil.which(program)
-    if not found:
-        raise SystemExit(f"bench: {program} not found on PATH")
-    return found
 
 
 if __name__ == "__main__":
