@@ -52,8 +52,9 @@ THRESHOLDS = {
     # median over cell types of the Pearson r between log1p(signature) and log1p(per-type mean counts per cell
     # scaled to the signature's total), plot_QC's second panel
     "signature_r": {"pass": 0.8, "warn": 0.6, "higher": True},
-    # genes shared between a section and the signatures
-    "shared_genes": {"pass": 200, "warn": 50, "higher": True},
+    # genes shared between a section and the signatures; real runs at the defaults: the hippocampus section 124
+    # (17 types, mapping r 0.94, its maps follow the anatomy), the lymph node 558, her2st H1 4,896
+    "shared_genes": {"pass": 100, "warn": 50, "higher": True},
     # cells of the least represented type in the filtered reference
     "min_cells_per_type": {"pass": 20, "warn": 5, "higher": True},
     # of each type's top 20 markers in the reference (markers.py), those the gene filter keeps: the least of the
@@ -61,6 +62,10 @@ THRESHOLDS = {
     # the hippocampus'; the old demo filter 30/0.1/1.5: T cells 10 (their map then followed the spots' depth),
     # and 0 - 11 for 9 of 11 lymph node types
     "markers_kept": {"pass": MIN_KEPT, "warn": MIN_KEPT_WARN, "higher": True},
+    # variance of the 1,000 most variable genes explained by the labels over that explained by the same labels
+    # permuted (markers.label_signal): real cell types 6.6 (lymph node), 8.8 (hippocampus), 19.5 (her2st major),
+    # 7.7 (her2st minor); wrong columns: the lymph node's sample 2.4, the hippocampus' sample 1.5, shuffled ~1
+    "label_signal": {"pass": 4.0, "warn": 2.0, "higher": True},
 }
 
 #: what a user does about a check that is not PASS (the console line and the verdicts table give it)
@@ -70,6 +75,8 @@ ACTIONS = {
                       "gene overlap, then train longer",
     "signature_agreement": "signatures depart from the per-type means: check --batch_key and the covariates, and "
                            "types with few cells",
+    "labels": "the labels barely explain the reference's expression: is --labels_key the cell-type column (not a "
+              "sample, batch or numeric column)?",
     "markers": "lower the gene filter's cut-offs (--cell_count_cutoff, --cell_percentage_cutoff2, "
                "--nonz_mean_cutoff; the tutorial's 5 / 0.03 / 1.12)",
 }
@@ -159,6 +166,8 @@ def reference_qc(reference: Path | None, runs: list[dict]) -> dict:
         out["min_cells_per_type"] = int(min(summary["cells_per_type"].values()))
     if summary.get("signature_agreement"):
         out["signature_r"] = summary["signature_agreement"]
+    if summary.get("label_signal"):
+        out["label_signal"] = summary["label_signal"]
     return out
 
 
@@ -300,6 +309,12 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
             row["signature_agreement"] = grade(med, "signature_r")
             texts["signature_agreement"] = "median signature r " + ("missing" if med is None else
                                                                     f"{med:.3f} < {THRESHOLDS['signature_r']['pass']}")
+            signal = (ref.get("label_signal") or {}).get("ratio")
+            if signal is not None:
+                row["label_signal"] = float(signal)
+                row["labels"] = grade(float(signal), "label_signal")
+                texts["labels"] = (f"the labels explain {signal:.1f}x the variance labels at random do "
+                                   f"(< {THRESHOLDS['label_signal']['pass']:g})")
             markers = ref.get("markers")
             if markers is not None and not markers.empty:
                 low = markers[markers["status"] != "PASS"]
@@ -308,7 +323,7 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
                 texts["markers"] = "; ".join(
                     f"the gene filter keeps {int(m.kept)} of the {int(m.markers)} top markers of '{t}' "
                     f"(dropped: {m.dropped})" for t, m in low.iterrows())
-        checks = [c for c in ("converged", "reconstruction", "signature_agreement", "markers") if c in row]
+        checks = [c for c in ("converged", "reconstruction", "signature_agreement", "labels", "markers") if c in row]
         row["verdict"] = worst([row[c] for c in checks])
         causes = [c for c in checks if row[c] != "PASS"]
         row["cause"] = ", ".join(causes)
@@ -429,6 +444,11 @@ def verdicts_section(outdir: Path, summary: dict, verdicts: list[dict]) -> list[
                                "description": "median over types of r(log1p signature, log1p per-type mean); PASS >= "
                                f"{THRESHOLDS['signature_r']['pass']}, WARN >= {THRESHOLDS['signature_r']['warn']}"},
         "signature_agreement": {"title": "Signatures"},
+        "label_signal": {"title": "Label signal", "format": "{:,.1f}",
+                         "description": "variance of the 1,000 most variable genes the labels explain, over what "
+                         f"the same labels permuted explain; PASS >= {THRESHOLDS['label_signal']['pass']:g}, WARN >= "
+                         f"{THRESHOLDS['label_signal']['warn']:g}"},
+        "labels": {"title": "Labels"},
         "markers_min_kept": {"title": "Markers kept", "format": "{:,.0f}", "min": 0, "max": N_MARKERS,
                              "description": f"the least, over cell types, of the top {N_MARKERS} markers the gene "
                              f"filter kept; PASS >= {THRESHOLDS['markers_kept']['pass']}, WARN >= "
