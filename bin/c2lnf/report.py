@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import C2LError
 from .markers import MIN_KEPT, MIN_KEPT_WARN, N_MARKERS, marker_check, markers_from_table
 from .training.stopping import stop_kind
 
