@@ -101,6 +101,14 @@ def test_converged_status_of_fixed_epochs_and_shards():
     # a few epochs: the last 10 % of them say nothing, whatever their flatness
     assert report.converged_status({"stop_reason": "reached max_epochs 3", "epochs": 3,
                                     "elbo_relative_change_last_10pct": 0.0})[0] == "FAIL"
+    # a reference at the tutorial's budget (250 epochs) still falling by <= 1e-2: PASS, the change stated (a
+    # mapping model the same: WARN); fewer epochs than the tutorial's, or falling faster: graded as any model
+    at_budget = {"stop_reason": "reached max_epochs 250", "epochs": 250, "elbo_relative_change_last_10pct": 8e-3}
+    status, text = report.converged_status(at_budget, reference=True)
+    assert status == "PASS" and "8.0e-03" in text and "tutorial's budget" in text
+    assert report.converged_status(at_budget)[0] == "WARN"
+    assert report.converged_status({**at_budget, "epochs": 249}, reference=True)[0] == "WARN"
+    assert report.converged_status({**at_budget, "elbo_relative_change_last_10pct": 0.015}, reference=True)[0] == "FAIL"
     sharded = {"n_shards": 2, "shards": {"a": {"stop_reason": "converged: x"},
                                          "b": {"stop_reason": "reached max_epochs 10",
                                                "elbo_relative_change_last_10pct": 5e-3}}}
@@ -355,20 +363,30 @@ def test_a_wrong_labels_key_is_flagged(tmp_path, caplog, labels_key, batch):
         assert v["verdict"] == "FAIL" and "--labels_key the cell-type column" in line
 
 
-def test_real_references_at_the_defaults_are_graded_by_what_was_measured(tmp_path):
+def test_real_references_at_the_defaults_are_graded_by_what_was_measured(tmp_path, caplog):
     """The hippocampus reference at the defaults (measured: 250 epochs reached, -ELBO changing 8.0e-3 between the
-    last two tenths, reconstruction r 0.69, signature r 0.9998; from 250 to 1,000 epochs its signatures still
-    change by 16 % in scale, median over types): WARN for convergence only, saying to train longer; its r is
-    what sparse single cells allow (PASS). The same reference after 12 epochs: FAIL."""
+    last two tenths, reconstruction r 0.69, signature r 0.9998, labels 8.76): PASS, the -ELBO's change stated
+    in the verdict's text (training such references on moved their signatures' scale and, on the bar's designs,
+    made the maps less accurate: docs/output.md), no console warning; its r is what sparse single cells allow.
+    The same reference after 100 epochs (fewer than the tutorial's) still falling: WARN, "train longer"; after
+    12 epochs: FAIL."""
+    import logging
+
     ref = tmp_path / "reference"
     ref.mkdir()
     good = {"cells_per_type": {"A": 30, "B": 30}, "signature_agreement": {"A": 0.9998, "B": 0.9997},
             "label_signal": {"ratio": 8.76}, "stop_kind": "max_epochs"}
     _training(ref / "reference_training.json", stop_reason="reached max_epochs 250", flat=8.0e-3, r_log1p=0.69,
               epochs=250, extra=good)
-    v = report.run(None, ref, None, None, None, None, [], tmp_path / "c1")["models"][0]
-    assert v["verdict"] == "WARN" and v["cause"] == "converged" and v["reconstruction"] == "PASS"
-    assert v["labels"] == "PASS" and "--ref_max_epochs" in v["action"]
+    with caplog.at_level(logging.WARNING, logger="c2l.report"):
+        v = report.run(None, ref, None, None, None, None, [], tmp_path / "c1")["models"][0]
+    assert v["verdict"] == "PASS" and v["cause"] == "" and v["reconstruction"] == "PASS" and v["labels"] == "PASS"
+    assert "8.0e-03" in v["convergence"] and "tutorial's budget" in v["convergence"]
+    assert not [r for r in caplog.records if "model 'reference'" in r.getMessage()]
+    _training(ref / "reference_training.json", stop_reason="reached max_epochs 100", flat=8.0e-3, r_log1p=0.69,
+              epochs=100, extra=good)
+    v = report.run(None, ref, None, None, None, None, [], tmp_path / "c1b")["models"][0]
+    assert v["verdict"] == "WARN" and v["cause"] == "converged" and "--ref_max_epochs" in v["action"]
     _training(ref / "reference_training.json", stop_reason="reached max_epochs 12", flat=1.5e-2, r_log1p=0.65,
               epochs=12, extra=good)
     v = report.run(None, ref, None, None, None, None, [], tmp_path / "c2")["models"][0]

@@ -83,6 +83,13 @@ ACTIONS = {
 #: fewer epochs than this, not stopped by the rule: not converged whatever the last 10 % of epochs look like
 MIN_JUDGE_EPOCHS = 20
 
+#: the tutorial's reference budget (cell2location's tutorial: `max_epochs=250`). A reference trained this long whose
+#: -ELBO still falls (but by no more than the WARN threshold) is PASS, with a note: small references do not flatten
+#: in it, and training them on changed their signatures' scale (1.2 - 1.8x) and made the maps less accurate
+#: against known cell counts (docs/output.md, "The reference's budget"), so "train longer" is not an action a
+#: user should take by default.
+TUTORIAL_REF_EPOCHS = 250
+
 STATUS_COLOURS = {"PASS": "#5cb85c", "WARN": "#f0ad4e", "FAIL": "#d9534f", "MISSING": "#999999"}
 
 
@@ -252,9 +259,10 @@ def _history(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path)
 
 
-def converged_status(summary: dict) -> tuple[str, str]:
+def converged_status(summary: dict, reference: bool = False) -> tuple[str, str]:
     """Converged? PASS when the stopping rule fired (or, with fixed epochs, the -ELBO is flat), else graded on
-    the flatness of the last 10 % of epochs."""
+    the flatness of the last 10 % of epochs; a reference (`reference=True`) trained the tutorial's
+    TUTORIAL_REF_EPOCHS or more is PASS up to the WARN threshold of flatness, with the change stated."""
     reason = str(summary.get("stop_reason") or "")
     kind = stop_kind(summary)
     flat = summary.get("elbo_relative_change_last_10pct")
@@ -275,6 +283,9 @@ def converged_status(summary: dict) -> tuple[str, str]:
     text = reason or "fixed epochs"
     if flat is not None:
         text += f"; -ELBO changed {flat:.1e} over the last 10 % of epochs"
+    if reference and status == "WARN" and epochs is not None and int(epochs) >= TUTORIAL_REF_EPOCHS:
+        return "PASS", (text + f" (the tutorial's budget of {TUTORIAL_REF_EPOCHS} epochs or more: small references "
+                        "are still falling there; training on changes the signatures' scale, docs/output.md)")
     return status, text
 
 
@@ -282,7 +293,8 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
     rows = []
     for run in runs:
         s = run["summary"] or {}
-        conv, conv_text = converged_status(s) if s else ("MISSING", "no training summary")
+        conv, conv_text = (converged_status(s, run["kind"] == "reference") if s else
+                           ("MISSING", "no training summary"))
         recon = s.get("reconstruction") or {}
         if s.get("n_shards"):
             vals = [((sh.get("reconstruction") or {}).get("pearson_r_log1p")) for sh in (s.get("shards") or {}).values()]
