@@ -21,4 +21,4 @@ def test_local_profile_without_the_venv_on_path(tmp_path):
     for step in ("READ_VISIUM", "MAP_CELLS", "MULTIQC"):
         task = run.task_dir(step)
         assert f"{VENV_BIN}:" in (task / ".command.run").read_text(), step   # exported by the local profile
-        assert (task / "versions.yml").read_text().startswith(f'"'), step       # `c2l versions` ran (click, numpy, ...)
+        assert (task / "versions.yml").read_text().startswith('"'), step       # `c2l versions` ran (click, numpy, ...)

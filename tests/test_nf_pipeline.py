@@ -99,7 +99,10 @@ def test_test_profile_report(real):
         flat = abs(summary["elbo_relative_change_last_10pct"])
         expected = ("PASS" if summary["stop_reason"].startswith("converged") else
                     "FAIL" if summary["epochs"] < 20 else  # this run's few epochs (TINY)
-                    "PASS" if flat <= 1e-3 else "WARN" if flat <= 1e-2 else "FAIL")
+                    "PASS" if flat <= 1e-3 else
+                    # a reference at the tutorial's 250 epochs or more, still falling by <= 1e-2 (docs/output.md)
+                    "PASS" if name == "reference" and summary["epochs"] >= 250 and flat <= 1e-2 else
+                    "WARN" if flat <= 1e-2 else "FAIL")
         assert v["converged"] == expected, (v, summary["stop_reason"], flat)
     assert 0 < models["reference"]["signature_r_median"] <= 1
     assert f"Run verdict: <strong>{verdicts['run_verdict']}</strong>" in html

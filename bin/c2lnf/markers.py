@@ -102,3 +102,40 @@ def marker_check(markers: dict[str, list[str]], kept: set[str],
             row[f"in {s}"] = sum(g in genes for g in k)
         rows[t] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+#: genes (the most variable of log1p counts per 10,000) over which `label_signal` measures the labels
+LABEL_SIGNAL_GENES = 1000
+
+
+def label_signal(adata, labels_key: str, n_genes: int = LABEL_SIGNAL_GENES, seed: int = 0) -> dict:
+    """How much of the reference's expression its labels explain, against labels of the same sizes at random.
+
+    Over the `n_genes` most variable genes of log1p(counts per 10,000), the fraction of each gene's variance
+    between the labels' groups (R^2 of a one-way ANOVA), averaged over the genes; `ratio` = that over the same with
+    the labels permuted (seeded). Cell types explain much of it (ratio 6.6 - 19 on the three real references,
+    docs/output.md); a column that groups the cells otherwise (a sample or batch column, a shuffled copy) is near 1:
+    the signatures would then be averages of mixed cells whatever the model does."""
+    import scipy.sparse as sp
+
+    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X))
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    y = (sp.diags(1e4 / np.where(totals > 0, totals, 1.0)) @ X).tocsc()
+    y.data = np.log1p(y.data)
+    mean = np.asarray(y.mean(axis=0)).ravel()
+    var = np.asarray(y.multiply(y).mean(axis=0)).ravel() - mean**2
+    genes = np.argsort(-var)[: min(n_genes, int((var > 0).sum()))]
+    y = np.asarray(y[:, genes].toarray(), dtype=float)
+    y -= y.mean(axis=0)
+    total = (y**2).sum(axis=0)
+
+    def explained(labels) -> float:
+        codes = pd.Categorical(labels).codes
+        onehot = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))))
+        n = np.asarray(onehot.sum(axis=1)).ravel()[:, None]
+        means = (onehot @ y) / n
+        return float(np.mean((n * means**2).sum(axis=0) / total))
+
+    labels = adata.obs[labels_key].astype(str).to_numpy()
+    r2 = explained(labels)
+    r2_random = explained(np.random.default_rng(seed).permutation(labels))
+    return {"n_genes": int(len(genes)), "r2": r2, "r2_permuted": r2_random,
+            "ratio": float(r2 / r2_random) if r2_random > 0 else float("nan")}

@@ -157,8 +157,15 @@ def plot_abundance_maps(adata: ad.AnnData, stat: str = "q05", vmax_quantile: str
         sc.pl.spatial(slide, **kwargs)
         fig = plt.gcf()
     label_colorbars(fig)
-    fig.suptitle(f"{stat} cell abundance (cells per spot)")
+    title_above_panels(fig, f"{stat} cell abundance (cells per spot)")
     return fig
+
+
+def title_above_panels(fig, text: str) -> None:
+    """`fig.suptitle` just above the top row of panels and their titles (scanpy's grid leaves the figure's top
+    empty; the figure is saved with a tight box, so what lies above the title is cut)."""
+    top = max(ax.get_position().y1 for ax in fig.axes)
+    fig.suptitle(text, y=top + 28 / 72 / fig.get_figheight(), va="bottom")
 
 
 def top_cell_types(adata: ad.AnnData, n: int = 6, stat: str = "q05") -> list[str]:

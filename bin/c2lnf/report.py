@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import C2LError
 from .markers import MIN_KEPT, MIN_KEPT_WARN, N_MARKERS, marker_check, markers_from_table
 from .training.stopping import stop_kind
 
@@ -52,8 +51,9 @@ THRESHOLDS = {
     # median over cell types of the Pearson r between log1p(signature) and log1p(per-type mean counts per cell
     # scaled to the signature's total), plot_QC's second panel
     "signature_r": {"pass": 0.8, "warn": 0.6, "higher": True},
-    # genes shared between a section and the signatures
-    "shared_genes": {"pass": 200, "warn": 50, "higher": True},
+    # genes shared between a section and the signatures; real runs at the defaults: the hippocampus section 124
+    # (17 types, mapping r 0.94, its maps follow the anatomy), the lymph node 558, her2st H1 4,896
+    "shared_genes": {"pass": 100, "warn": 50, "higher": True},
     # cells of the least represented type in the filtered reference
     "min_cells_per_type": {"pass": 20, "warn": 5, "higher": True},
     # of each type's top 20 markers in the reference (markers.py), those the gene filter keeps: the least of the
@@ -61,6 +61,10 @@ THRESHOLDS = {
     # the hippocampus'; the old demo filter 30/0.1/1.5: T cells 10 (their map then followed the spots' depth),
     # and 0 - 11 for 9 of 11 lymph node types
     "markers_kept": {"pass": MIN_KEPT, "warn": MIN_KEPT_WARN, "higher": True},
+    # variance of the 1,000 most variable genes explained by the labels over that explained by the same labels
+    # permuted (markers.label_signal): real cell types 6.6 (lymph node), 8.8 (hippocampus), 19.5 (her2st major),
+    # 7.7 (her2st minor); wrong columns: the lymph node's sample 2.4, the hippocampus' sample 1.5, shuffled ~1
+    "label_signal": {"pass": 4.0, "warn": 2.0, "higher": True},
 }
 
 #: what a user does about a check that is not PASS (the console line and the verdicts table give it)
@@ -70,12 +74,21 @@ ACTIONS = {
                       "gene overlap, then train longer",
     "signature_agreement": "signatures depart from the per-type means: check --batch_key and the covariates, and "
                            "types with few cells",
+    "labels": "the labels barely explain the reference's expression: is --labels_key the cell-type column (not a "
+              "sample, batch or numeric column)?",
     "markers": "lower the gene filter's cut-offs (--cell_count_cutoff, --cell_percentage_cutoff2, "
                "--nonz_mean_cutoff; the tutorial's 5 / 0.03 / 1.12)",
 }
 
 #: fewer epochs than this, not stopped by the rule: not converged whatever the last 10 % of epochs look like
 MIN_JUDGE_EPOCHS = 20
+
+#: the tutorial's reference budget (cell2location's tutorial: `max_epochs=250`). A reference trained this long whose
+#: -ELBO still falls (but by no more than the WARN threshold) is PASS, with a note: small references do not flatten
+#: in it, and training them on changed their signatures' scale (1.2 - 1.8x) and made the maps less accurate
+#: against known cell counts (docs/output.md, "The reference's budget"), so "train longer" is not an action a
+#: user should take by default.
+TUTORIAL_REF_EPOCHS = 250
 
 STATUS_COLOURS = {"PASS": "#5cb85c", "WARN": "#f0ad4e", "FAIL": "#d9534f", "MISSING": "#999999"}
 
@@ -159,6 +172,8 @@ def reference_qc(reference: Path | None, runs: list[dict]) -> dict:
         out["min_cells_per_type"] = int(min(summary["cells_per_type"].values()))
     if summary.get("signature_agreement"):
         out["signature_r"] = summary["signature_agreement"]
+    if summary.get("label_signal"):
+        out["label_signal"] = summary["label_signal"]
     return out
 
 
@@ -244,9 +259,10 @@ def _history(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path)
 
 
-def converged_status(summary: dict) -> tuple[str, str]:
+def converged_status(summary: dict, reference: bool = False) -> tuple[str, str]:
     """Converged? PASS when the stopping rule fired (or, with fixed epochs, the -ELBO is flat), else graded on
-    the flatness of the last 10 % of epochs."""
+    the flatness of the last 10 % of epochs; a reference (`reference=True`) trained the tutorial's
+    TUTORIAL_REF_EPOCHS or more is PASS up to the WARN threshold of flatness, with the change stated."""
     reason = str(summary.get("stop_reason") or "")
     kind = stop_kind(summary)
     flat = summary.get("elbo_relative_change_last_10pct")
@@ -267,6 +283,9 @@ def converged_status(summary: dict) -> tuple[str, str]:
     text = reason or "fixed epochs"
     if flat is not None:
         text += f"; -ELBO changed {flat:.1e} over the last 10 % of epochs"
+    if reference and status == "WARN" and epochs is not None and int(epochs) >= TUTORIAL_REF_EPOCHS:
+        return "PASS", (text + f" (the tutorial's budget of {TUTORIAL_REF_EPOCHS} epochs or more: small references "
+                        "are still falling there; training on changes the signatures' scale, docs/output.md)")
     return status, text
 
 
@@ -274,7 +293,8 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
     rows = []
     for run in runs:
         s = run["summary"] or {}
-        conv, conv_text = converged_status(s) if s else ("MISSING", "no training summary")
+        conv, conv_text = (converged_status(s, run["kind"] == "reference") if s else
+                           ("MISSING", "no training summary"))
         recon = s.get("reconstruction") or {}
         if s.get("n_shards"):
             vals = [((sh.get("reconstruction") or {}).get("pearson_r_log1p")) for sh in (s.get("shards") or {}).values()]
@@ -300,6 +320,12 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
             row["signature_agreement"] = grade(med, "signature_r")
             texts["signature_agreement"] = "median signature r " + ("missing" if med is None else
                                                                     f"{med:.3f} < {THRESHOLDS['signature_r']['pass']}")
+            signal = (ref.get("label_signal") or {}).get("ratio")
+            if signal is not None:
+                row["label_signal"] = float(signal)
+                row["labels"] = grade(float(signal), "label_signal")
+                texts["labels"] = (f"the labels explain {signal:.1f}x the variance labels at random do "
+                                   f"(< {THRESHOLDS['label_signal']['pass']:g})")
             markers = ref.get("markers")
             if markers is not None and not markers.empty:
                 low = markers[markers["status"] != "PASS"]
@@ -308,7 +334,7 @@ def model_verdicts(runs: list[dict], ref: dict) -> list[dict]:
                 texts["markers"] = "; ".join(
                     f"the gene filter keeps {int(m.kept)} of the {int(m.markers)} top markers of '{t}' "
                     f"(dropped: {m.dropped})" for t, m in low.iterrows())
-        checks = [c for c in ("converged", "reconstruction", "signature_agreement", "markers") if c in row]
+        checks = [c for c in ("converged", "reconstruction", "signature_agreement", "labels", "markers") if c in row]
         row["verdict"] = worst([row[c] for c in checks])
         causes = [c for c in checks if row[c] != "PASS"]
         row["cause"] = ", ".join(causes)
@@ -429,6 +455,11 @@ def verdicts_section(outdir: Path, summary: dict, verdicts: list[dict]) -> list[
                                "description": "median over types of r(log1p signature, log1p per-type mean); PASS >= "
                                f"{THRESHOLDS['signature_r']['pass']}, WARN >= {THRESHOLDS['signature_r']['warn']}"},
         "signature_agreement": {"title": "Signatures"},
+        "label_signal": {"title": "Label signal", "format": "{:,.1f}",
+                         "description": "variance of the 1,000 most variable genes the labels explain, over what "
+                         f"the same labels permuted explain; PASS >= {THRESHOLDS['label_signal']['pass']:g}, WARN >= "
+                         f"{THRESHOLDS['label_signal']['warn']:g}"},
+        "labels": {"title": "Labels"},
         "markers_min_kept": {"title": "Markers kept", "format": "{:,.0f}", "min": 0, "max": N_MARKERS,
                              "description": f"the least, over cell types, of the top {N_MARKERS} markers the gene "
                              f"filter kept; PASS >= {THRESHOLDS['markers_kept']['pass']}, WARN >= "

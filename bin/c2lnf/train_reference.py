@@ -58,8 +58,10 @@ def signatures(adata: ad.AnnData) -> pd.DataFrame:
 
 
 def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> dict:
-    """For the run report: cells per type and, per type, the Pearson r of log1p(signature) with log1p(the
-    type's mean counts per cell) over the signatures' genes (plot_QC's "signatures vs per-cluster averages")."""
+    """For the run report: cells per type, per type the Pearson r of log1p(signature) with log1p(the type's mean
+    counts per cell) over the signatures' genes (plot_QC's "signatures vs per-cluster averages"), and how much of
+    the expression the labels explain against random labels (markers.label_signal)."""
+    from .markers import label_signal
     from .report import signature_agreement
 
     labels = adata.obs[labels_key].astype(str)
@@ -68,8 +70,15 @@ def reference_checks(adata: ad.AnnData, labels_key: str, sig: pd.DataFrame) -> d
     except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training
         LOG.warning("signature agreement not computed: %s", exc)
         agreement = {}
+    try:
+        signal = label_signal(adata, labels_key)
+        LOG.info("labels '%s' explain %.3f of the variance of the %d most variable genes (%.1fx labels at random)",
+                 labels_key, signal["r2"], signal["n_genes"], signal["ratio"])
+    except Exception as exc:  # noqa: BLE001 - a QC number must never fail a finished training
+        LOG.warning("label signal not computed: %s", exc)
+        signal = None
     return {"cells_per_type": {k: int(v) for k, v in labels.value_counts().sort_index().items()},
-            "signature_agreement": agreement}
+            "signature_agreement": agreement, "label_signal": signal}
 
 
 def plot_reference_qc(model, path) -> None:
