@@ -123,16 +123,18 @@ def label_signal(adata, labels_key: str, n_genes: int = LABEL_SIGNAL_GENES, seed
     mean = np.asarray(y.mean(axis=0)).ravel()
     var = np.asarray(y.multiply(y).mean(axis=0)).ravel() - mean**2
     genes = np.argsort(-var)[: min(n_genes, int((var > 0).sum()))]
-    y = np.asarray(y[:, genes].toarray(), dtype=float)
-    y -= y.mean(axis=0)
-    total = (y**2).sum(axis=0)
+    y = y[:, genes].astype(np.float64)  # stays sparse: an atlas of 10^5 - 10^6 cells is never densified
+    n_cells = y.shape[0]
+    mean = np.asarray(y.mean(axis=0)).ravel()
+    total = np.asarray(y.multiply(y).sum(axis=0)).ravel() - n_cells * mean**2  # sum of squares about the mean
 
     def explained(labels) -> float:
         codes = pd.Categorical(labels).codes
         onehot = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))))
         n = np.asarray(onehot.sum(axis=1)).ravel()[:, None]
-        means = (onehot @ y) / n
-        return float(np.mean((n * means**2).sum(axis=0) / total))
+        sums = np.asarray((onehot @ y).todense())  # groups x genes
+        between = (sums**2 / n).sum(axis=0) - n_cells * mean**2  # sum over groups of n_k (mean_k - mean)^2
+        return float(np.mean(between / total))
 
     labels = adata.obs[labels_key].astype(str).to_numpy()
     r2 = explained(labels)
