@@ -154,7 +154,16 @@ def start_nf(launch: Path, *args, outdir: str = "results", profile: str = "test,
     cmd = nf_args(launch, launch / outdir, *args, profile=profile)
     out = open(launch / "background.stdout", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(cmd, cwd=launch, env=nf_env(env), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True, preexec_fn=_default_interrupt)
+
+
+def _default_interrupt() -> None:
+    """SIGINT and SIGQUIT as a terminal's Ctrl-C finds them. A test session started as a background job of a
+    non-interactive shell (`make test &`, `nohup ... &`, some CI runners) inherits them ignored, and the JVM does
+    not install its shutdown handler for a signal ignored at start: Nextflow then sat through a SIGINT while its
+    task, which did get it, ended with 130 and was retried (tests/test_nf_kill.py timed out that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 30) -> int:
