@@ -27,21 +27,32 @@ MIN_DETECTED = 0.25
 
 def type_means(adata, labels_key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(genes x types mean counts per 10,000 per cell, genes x types fraction of cells with a count)."""
-    import scipy.sparse as sp
-
     labels = pd.Categorical(adata.obs[labels_key].astype(str))
-    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X))
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = sp.diags(1e4 / np.where(totals > 0, totals, 1.0))
-    norm = scale @ X
-    onehot = sp.csr_matrix((np.ones(len(labels)), (labels.codes, np.arange(len(labels)))),
-                           shape=(len(labels.categories), len(labels)))
+    X, norm = _per_10k(adata)
+    onehot = _onehot(labels)
     n = np.asarray(onehot.sum(axis=1)).ravel()[:, None]
     means = np.asarray((onehot @ norm).todense()) / n
     detected = np.asarray((onehot @ (X > 0).astype(np.float32)).todense()) / n
     cols = list(map(str, labels.categories))
     return (pd.DataFrame(means.T, index=adata.var_names, columns=cols),
             pd.DataFrame(detected.T, index=adata.var_names, columns=cols))
+
+
+def _per_10k(adata):
+    """(the counts as CSR, the counts per 10,000 per cell as CSR)."""
+    import scipy.sparse as sp
+
+    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X))
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    return X, sp.diags(1e4 / np.where(totals > 0, totals, 1.0)) @ X
+
+
+def _onehot(labels: pd.Categorical):
+    """groups x cells indicator matrix (CSR) of a categorical."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.ones(len(labels)), (labels.codes, np.arange(len(labels)))),
+                         shape=(len(labels.categories), len(labels)))
 
 
 def top_markers(means: pd.DataFrame, detected: pd.DataFrame | None = None, n: int = N_MARKERS,
@@ -102,6 +113,8 @@ def marker_check(markers: dict[str, list[str]], kept: set[str],
             row[f"in {s}"] = sum(g in genes for g in k)
         rows[t] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
 #: genes (the most variable of log1p counts per 10,000) over which `label_signal` measures the labels
 LABEL_SIGNAL_GENES = 1000
 
@@ -114,11 +127,7 @@ def label_signal(adata, labels_key: str, n_genes: int = LABEL_SIGNAL_GENES, seed
     the labels permuted (seeded). Cell types explain much of it (ratio 6.6 - 19 on the three real references,
     docs/output.md); a column that groups the cells otherwise (a sample or batch column, a shuffled copy) is near 1:
     the signatures would then be averages of mixed cells whatever the model does."""
-    import scipy.sparse as sp
-
-    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(np.asarray(adata.X))
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    y = (sp.diags(1e4 / np.where(totals > 0, totals, 1.0)) @ X).tocsc()
+    y = _per_10k(adata)[1].tocsc()
     y.data = np.log1p(y.data)
     mean = np.asarray(y.mean(axis=0)).ravel()
     var = np.asarray(y.multiply(y).mean(axis=0)).ravel() - mean**2
@@ -129,8 +138,7 @@ def label_signal(adata, labels_key: str, n_genes: int = LABEL_SIGNAL_GENES, seed
     total = np.asarray(y.multiply(y).sum(axis=0)).ravel() - n_cells * mean**2  # sum of squares about the mean
 
     def explained(labels) -> float:
-        codes = pd.Categorical(labels).codes
-        onehot = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))))
+        onehot = _onehot(pd.Categorical(labels))
         n = np.asarray(onehot.sum(axis=1)).ravel()[:, None]
         sums = np.asarray((onehot @ y).todense())  # groups x genes
         between = (sums**2 / n).sum(axis=0) - n_cells * mean**2  # sum over groups of n_k (mean_k - mean)^2
