@@ -33,8 +33,11 @@ def _one_adam_class():
         step for the mapping model, each with torch's per-call work (its checks, hooks and, on a GPU, a handful
         of kernel launches per parameter): 3.0-3.6 ms of a ~30 ms CPU mapping epoch on the benchmark's data,
         1.7-1.8 ms with one optimiser (benchmarks/README.md). One optimiser over the same parameters does the same
-        arithmetic (per-parameter state, the same defaults; on the CPU bit-identical results) in one call; on a
-        GPU torch's default multi-tensor implementation then updates all parameters in a few kernels. As in
+        arithmetic (per-parameter state, the same defaults; on the CPU bit-identical results) in one call, with
+        torch's multi-tensor (`foreach`) implementation on every device: on a GPU (torch's default there) all
+        parameters are updated in a few kernels; on the CPU its per-tensor loop runs in C++ instead of Python
+        (1.4 -> ~0.5 ms of a 14-16 ms mapping epoch at the bar benchmark's shapes, same results bit for bit:
+        tests/test_training_loop.py); torch's `fused` Adam would be faster still but rounds differently. As in
         Pyro, a step updates only the parameters it is given (new ones join the optimiser when first seen); the
         learning rate is `pt_optim_args["lr"]` when the optimiser is made and `set_learning_rate` after.
         """
@@ -62,7 +65,7 @@ def _one_adam_class():
 
         def _add(self, params: list) -> None:
             if self.optimizer is None:
-                self.optimizer = torch.optim.Adam(params, **self.pt_optim_args)
+                self.optimizer = torch.optim.Adam(params, **self.pt_optim_args, foreach=True)
             else:
                 self.optimizer.add_param_group({"params": params, **self.pt_optim_args})
             self._params += params
@@ -191,7 +194,11 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
                      likelihood, loading)
             with pyro.validation_enabled(False), likelihood_context(nonzero_likelihood):
                 DATA.constant_in_trace = nonzero_likelihood and one_batch
-                PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss, "optim": one_adam(plan.lr)}, **kwargs)
+                if one_batch and PLAIN_FULL_BATCH and not _takes_kl_weight(model):
+                    train_full_batch(model, loss, one_adam(plan.lr), plan.max_epochs, kwargs["callbacks"])
+                else:
+                    PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss, "optim": one_adam(plan.lr)},
+                                            **kwargs)
         else:
             loading = "the model's own loader (full batch on the device)" if batch_size is None else \
                 "the model's own loader (minibatches from host memory)"
@@ -208,6 +215,84 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
             raise C2LError(f"training diverged: {monitor.stop_reason}; lower the learning rate", field="lr")
         return model, monitor, attempts
     raise AssertionError("unreachable")
+
+
+# full-batch fast runs train in `train_full_batch` (False: through scvi-tools' Lightning trainer, as before)
+PLAIN_FULL_BATCH = True
+
+
+def _takes_kl_weight(model) -> bool:
+    """Whether scvi-tools' training plan would anneal this model's KL term (a `kl_weight` argument to its
+    model; cell2location's two models have none): only the Lightning path does that."""
+    from inspect import signature
+
+    fn = model.module.model
+    return "kl_weight" in signature(getattr(fn, "forward", fn)).parameters
+
+
+def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> None:
+    """Train a Pyro scvi-tools model on its whole data set, one SVI step per epoch, without Lightning.
+
+    What scvi-tools' `PyroSviTrainMixin.train` does for a full batch, step for step: the same data tensors
+    (`FullBatchSplitter`, on the training device), the module moved there, the plan's `n_obs` set, the guide
+    run once to make its parameters (scvi's PyroJitGuideWarmup), one `SVI.step` per epoch with the same loss
+    and optimiser, the epoch's loss rounded to float32 as Lightning's loss tensor is, `history_["elbo_train"]`
+    indexed by epoch, the module in eval mode and `is_trained_` set at the end. `callbacks` (this module's
+    `control_callback`, benchmarks' timers) get `on_train_epoch_start` / `on_train_epoch_end` with a trainer
+    carrying `current_epoch` and `should_stop` and a training plan carrying `optim` and `training_step_outputs`.
+
+    Lightning's loop costs the same on every step whatever the data's size (its hooks, the training plan's
+    collection walking, the shim optimiser scvi steps so that Lightning counts steps): ~4 ms of a ~20 ms CPU
+    mapping epoch at the bar benchmark's shapes, thousands of epochs per run. Results are bit-identical to the
+    Lightning path (tests/test_training_loop.py); minibatched runs still train through Lightning.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+    import pyro
+
+    module = model.module
+    n_obs = model.adata_manager.adata.n_obs
+    splitter = model._data_splitter_cls(model.adata_manager, train_size=1, validation_size=None,
+                                        shuffle_set_split=True, batch_size=n_obs)
+    splitter.setup()
+    loader = splitter.train_dataloader()
+    batch = next(iter(loader))  # the guide's warm-up batch
+    module.to(splitter.device)
+    for part in (module.model, module.guide):  # as scvi's TrainRunner sets the training plan's n_obs_training
+        if hasattr(part, "n_obs"):
+            part.n_obs = splitter.n_train
+    args, kwargs = module._get_fn_args_from_batch(batch)
+    module.train()
+    module.guide(*args, **kwargs)  # makes the guide's parameters before the first step, as scvi's warm-up does
+    svi = pyro.infer.SVI(module.model, module.guide, optim, loss)
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False)
+    plan = SimpleNamespace(optim=optim, training_step_outputs=[], module=module)
+    values: list[float] = []
+    for epoch in range(max_epochs):
+        trainer.current_epoch = epoch
+        for cb in callbacks:
+            if hasattr(cb, "on_train_epoch_start"):
+                cb.on_train_epoch_start(trainer, plan)
+        # A new iterator over the loader each epoch, as Lightning makes: each draws its base seed from torch's
+        # generator, so the random stream (and every result) stays that of the Lightning path. The tensors it
+        # yields are the same stored ones, so the step's arguments are made once.
+        next(iter(loader))
+        value = float(np.float32(svi.step(*args, **kwargs)))
+        values.append(value)
+        plan.training_step_outputs = [{"loss": value}]
+        for cb in callbacks:
+            cb.on_train_epoch_end(trainer, plan)
+        if trainer.should_stop:
+            break
+    model.history_ = {"elbo_train": pd.DataFrame({"elbo_train": values},
+                                                  index=pd.Index(range(len(values)), name="epoch"))}
+    model.train_indices = getattr(splitter, "train_idx", None)
+    model.validation_indices = getattr(splitter, "val_idx", None)
+    model.test_indices = getattr(splitter, "test_idx", None)
+    module.eval()
+    model.is_trained_ = True
 
 
 # the dense copy of the data may take at most this share of the GPU's free memory, and of the host's available
