@@ -149,3 +149,87 @@ def test_one_adam_state_carries_a_run_on():
         assert torch.equal(whole[k], on[k]), k
     _svi_run(one_adam(0.05), 20)  # the same first 20 steps, then on without the state: Adam's moments start
     assert not torch.equal(_svi_run(one_adam(0.05), 20, fresh=False)["m"], whole["m"])  # afresh, another path
+
+
+def _fit_both_ways(make_model, plan, batch_size=None):
+    """fit() through scvi-tools' Lightning trainer and through `train_full_batch`, each from seed 0: the
+    -ELBO histories, the parameters and the monitors' summaries."""
+    import pyro
+
+    from c2lnf.runtime import seed_everything
+    from c2lnf.training import loop
+
+    runs = {}
+    for plain in (False, True):
+        loop.PLAIN_FULL_BATCH = plain
+        try:
+            seed_everything(0)
+            model, monitor, _ = loop.fit(make_model, plan, "cpu", batch_size, True)
+        finally:
+            loop.PLAIN_FULL_BATCH = True
+        runs[plain] = (model.history_["elbo_train"]["elbo_train"].to_numpy(dtype=float),
+                       {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, monitor.summary(), model)
+    return runs[False], runs[True]
+
+
+def test_full_batch_loop_trains_bit_for_bit_as_lightning(ln_halves, signatures_csv):
+    """The plain full-batch loop against scvi-tools' Lightning path on a lymph node half: a rate step, a stop by
+    the rule, the same -ELBO at every epoch, the same parameters bit for bit, the same history table."""
+    import anndata as ad
+    import pandas as pd
+    import torch
+    from cell2location.models import Cell2location
+
+    from c2lnf.training.stopping import Plan
+
+    spots = ad.read_h5ad(ln_halves["ln_left"])
+    sig = pd.read_csv(signatures_csv, index_col=0)
+    genes = spots.var_names.intersection(sig.index)
+    spots, sig = spots[:, genes].copy(), sig.loc[genes]
+    spots.obs["sample"] = "ln_left"
+    Cell2location.setup_anndata(spots, batch_key="sample")
+    plan = Plan(300, 0.03, 0.01, tol=0.05, window=10, check_every=10, level_epochs=40)
+    (h0, p0, s0, m0), (h1, p1, s1, m1) = _fit_both_ways(
+        lambda: Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20), plan)
+    assert len(s1["lr_events"]) == 1 and s1["stop_kind"] == "converged" and s1["stopped_epoch"] < 300, s1
+    assert s0 == s1
+    assert len(h0) == len(h1) == s1["stopped_epoch"] and (h0 == h1).all()
+    assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
+    assert m1.history_["elbo_train"].index.name == m0.history_["elbo_train"].index.name == "epoch"
+    assert m1.is_trained_ and not m1.module.training
+    # the comparison can fail: fewer random draws (the loader's iterator made once, not per epoch, as a loop
+    # without Lightning's habits would) give another run from the first step on
+    from c2lnf.training import loop
+
+    real_iter = loop.__builtins__["iter"] if isinstance(loop.__builtins__, dict) else loop.__builtins__.iter
+    first: list = []
+
+    def once_only(obj):  # the loader's first iterator only; later ones replay its batch without drawing
+        if not first:
+            first.append(next(real_iter(obj)))
+        return real_iter(first)
+
+    loop.iter = once_only
+    try:
+        (_, _, _, _), (h2, _, _, _) = _fit_both_ways(
+            lambda: Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20),
+            Plan(5, 0.03, 0.03).fixed())
+    finally:
+        del loop.iter
+    assert len(h2) == 5 and not (h2 == h1[:5]).any()
+
+
+def test_reference_full_batch_loop_trains_bit_for_bit_as_lightning(filtered_reference):
+    """The same for the reference model, trained in one batch (fixed epochs)."""
+    import anndata as ad
+    import torch
+    from cell2location.models import RegressionModel
+
+    from c2lnf.training.stopping import Plan
+
+    ref = ad.read_h5ad(filtered_reference / "reference_filtered.h5ad")
+    RegressionModel.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
+    (h0, p0, s0, _), (h1, p1, s1, _) = _fit_both_ways(lambda: RegressionModel(ref), Plan(15, 0.002, 0.002).fixed(),
+                                                       batch_size=ref.n_obs)
+    assert len(h1) == 15 and (h0 == h1).all() and s0 == s1
+    assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
