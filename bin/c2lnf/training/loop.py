@@ -194,7 +194,7 @@ def fit(make_model, plan: Plan, accelerator: str, batch_size: int | None, fast: 
                      likelihood, loading)
             with pyro.validation_enabled(False), likelihood_context(nonzero_likelihood):
                 DATA.constant_in_trace = nonzero_likelihood and one_batch
-                if one_batch and PLAIN_FULL_BATCH and not _takes_kl_weight(model):
+                if one_batch and nonzero_likelihood and PLAIN_FULL_BATCH and not _takes_kl_weight(model):
                     train_full_batch(model, loss, one_adam(plan.lr), plan.max_epochs, kwargs["callbacks"])
                 else:
                     PyroSviTrainMixin.train(model, plan_kwargs={"loss_fn": loss, "optim": one_adam(plan.lr)},
@@ -233,18 +233,19 @@ def _takes_kl_weight(model) -> bool:
 def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> None:
     """Train a Pyro scvi-tools model on its whole data set, one SVI step per epoch, without Lightning.
 
-    What scvi-tools' `PyroSviTrainMixin.train` does for a full batch, step for step: the same data tensors
-    (`FullBatchSplitter`, on the training device), the module moved there, the plan's `n_obs` set, the guide
-    run once to make its parameters (scvi's PyroJitGuideWarmup), one `SVI.step` per epoch with the same loss
-    and optimiser, the epoch's loss rounded to float32 as Lightning's loss tensor is, `history_["elbo_train"]`
-    indexed by epoch, the module in eval mode and `is_trained_` set at the end. `callbacks` (this module's
+    For a model set up by `use_full_batch`: what scvi-tools' `PyroSviTrainMixin.train` does then, step for step:
+    the same data tensors (`FullBatchSplitter`, on the training device), the module moved there, the plan's
+    `n_obs` set, the guide run once to make its parameters (scvi's PyroJitGuideWarmup), one `SVI.step` per epoch
+    with the same loss and optimiser, the epoch's loss rounded to float32 as Lightning's loss tensor is,
+    `history_["elbo_train"]` indexed by epoch, the module in eval mode and `is_trained_` set at the end. `callbacks` (this module's
     `control_callback`, benchmarks' timers) get `on_train_epoch_start` / `on_train_epoch_end` with a trainer
     carrying `current_epoch` and `should_stop` and a training plan carrying `optim` and `training_step_outputs`.
 
     Lightning's loop costs the same on every step whatever the data's size (its hooks, the training plan's
     collection walking, the shim optimiser scvi steps so that Lightning counts steps): ~4 ms of a ~20 ms CPU
     mapping epoch at the bar benchmark's shapes, thousands of epochs per run. Results are bit-identical to the
-    Lightning path (tests/test_training_loop.py); minibatched runs still train through Lightning.
+    Lightning path (tests/test_training_loop.py); minibatched runs, and full batches scored by Pyro's own
+    likelihood (other loaders), still train through Lightning.
     """
     from types import SimpleNamespace
 
@@ -276,9 +277,8 @@ def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> No
             if hasattr(cb, "on_train_epoch_start"):
                 cb.on_train_epoch_start(trainer, plan)
         # A new iterator over the loader each epoch, as Lightning makes: each draws its base seed from torch's
-        # generator, so the random stream (and every result) stays that of the Lightning path. The tensors it
-        # yields are the same stored ones, so the step's arguments are made once.
-        next(iter(loader))
+        # generator, so the random stream (and every result) stays that of the Lightning path.
+        args, kwargs = module._get_fn_args_from_batch(next(iter(loader)))
         value = float(np.float32(svi.step(*args, **kwargs)))
         values.append(value)
         plan.training_step_outputs = [{"loss": value}]
