@@ -237,9 +237,10 @@ def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> No
     the same data tensors (`FullBatchSplitter`, on the training device), the module moved there, the plan's
     `n_obs` set, the guide run once to make its parameters (scvi's PyroJitGuideWarmup), one `SVI.step` per epoch
     with the same loss and optimiser, the epoch's loss rounded to float32 as Lightning's loss tensor is,
-    `history_["elbo_train"]` indexed by epoch, the module in eval mode and `is_trained_` set at the end. `callbacks` (this module's
-    `control_callback`, benchmarks' timers) get `on_train_epoch_start` / `on_train_epoch_end` with a trainer
-    carrying `current_epoch` and `should_stop` and a training plan carrying `optim` and `training_step_outputs`.
+    `history_["elbo_train"]` indexed by epoch, the module in eval mode and `is_trained_` set at the end.
+    `callbacks` (this module's `control_callback`, benchmarks' timers) get `on_train_epoch_start` /
+    `on_train_epoch_end` with a trainer carrying `current_epoch` and `should_stop` and a training plan carrying
+    `optim` and `training_step_outputs`.
 
     Lightning's loop costs the same on every step whatever the data's size (its hooks, the training plan's
     collection walking, the shim optimiser scvi steps so that Lightning counts steps): ~4 ms of a ~20 ms CPU
