@@ -26,6 +26,8 @@ BENCHMARKS = {
               "seed means); needs a bar result (--bar-json)"),
     "epoch": ("likelihood_costs.py", "time per training epoch of both models at the tutorial's shapes, dense vs "
               "nonzero-count likelihood, and where each millisecond goes"),
+    "loop": ("loop_costs.py", "time per full-batch mapping epoch at the bar's shapes: Lightning's loop vs the "
+             "plain loop, per-tensor vs foreach Adam (and that all train the same model bit for bit)"),
     "memory": ("memory_model.py", "peak memory of map-cells against locations x genes x types, and the fit "
                "used to plan shards (assets/memory_model.json)"),
     "sharding": ("sharding.py", "sharded vs unsharded mapping: same answer, memory per task"),
@@ -45,6 +47,8 @@ TINY = {
     "seeds": ["--pipeline-seeds", "5", "--tutorial-seeds", "", "--parallel", "1"],
     "epoch": ["--ref-cells", "600", "--spots", "120", "--genes", "400", "--epochs", "3", "--ref-epochs", "2",
               "--rounds", "1"],
+    "loop": ["--designs", "lymph200_random1000_seed1", "--n-spots", "40", "--epochs", "12", "--warmup", "2",
+             "--rounds", "1"],
     "memory": ["--sizes", "200x300x6,400x300x6,200x600x6,200x300x12", "--epochs", "3"],
     "sharding": ["--n-spots", "120", "--shards", "2", "--pipeline-args", "--map_max_epochs 60 --ref_max_epochs 6"],
     "scale": ["--n-locations", "600", "--genes", "300", "--types", "6", "--sections", "2",

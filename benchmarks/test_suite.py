@@ -138,6 +138,15 @@ def test_epoch_tiny(tmp_path):
     assert {"runs", "summary", "profiles", "table_markdown"} <= set(out)
 
 
+def test_loop_tiny(tmp_path):
+    need_lymph_node()
+    bench("loop", *TINY["loop"], "--data", tmp_path / "data", "--results", tmp_path)
+    out = one_result(tmp_path, "loop_costs_*.json")
+    (design,) = out["designs"]
+    assert set(design["ms_per_epoch"]) == {"lightning", "plain", "plain+foreach"}
+    assert all(design["same_elbo_every_epoch_as_lightning"].values()), design
+
+
 def test_memory_tiny(tmp_path):
     bench("memory", *TINY["memory"], "--workdir", tmp_path / "work", "--results", tmp_path)
     out = one_result(tmp_path, "memory_model_*.json")
