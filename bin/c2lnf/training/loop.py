@@ -39,8 +39,8 @@ def _one_adam_class():
         arithmetic (per-parameter state, the same defaults; on the CPU bit-identical results) in one call, with
         torch's multi-tensor (`foreach`) implementation on every device: on a GPU (torch's default there) all
         parameters are updated in a few kernels; on the CPU its per-tensor loop runs in C++ instead of Python
-        (1.4 -> ~0.5 ms of a 14-16 ms mapping epoch at the bar benchmark's shapes, same results bit for bit:
-        tests/test_training_loop.py); torch's `fused` Adam would be faster still but rounds differently. As in
+        (1.0-1.4 ms less of an 18-20 ms mapping epoch at the bar benchmark's shapes, `make bench NAME=loop`; the
+        same results bit for bit: tests/test_training_loop.py); torch's `fused` Adam rounds differently. As in
         Pyro, a step updates only the parameters it is given (new ones join the optimiser when first seen); the
         learning rate is `pt_optim_args["lr"]` when the optimiser is made and `set_learning_rate` after.
         """
@@ -246,8 +246,8 @@ def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> No
     `optim` and `training_step_outputs`.
 
     Lightning's loop costs the same on every step whatever the data's size (its hooks, the training plan's
-    collection walking, the shim optimiser scvi steps so that Lightning counts steps): ~4 ms of a ~20 ms CPU
-    mapping epoch at the bar benchmark's shapes, thousands of epochs per run. Results are bit-identical to the
+    collection walking, the shim optimiser scvi steps so that Lightning counts steps): 2-3 ms of a ~20 ms CPU
+    mapping epoch at the bar benchmark's shapes (`make bench NAME=loop`), thousands of epochs per run. Results are bit-identical to the
     Lightning path (tests/test_training_loop.py); minibatched runs, and full batches scored by Pyro's own
     likelihood (other loaders), still train through Lightning.
     """
