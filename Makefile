@@ -143,7 +143,7 @@ demo-lymph-node: setup
 	@echo "  $(OUTDIR)/map_cells/      per-spot cell abundance estimates"
 	@echo "  $(OUTDIR)/pipeline_info/  Nextflow report, timeline and trace"
 
-# demo: HER2+ breast tumour section H1 + a breast-cancer reference (-profile demo,local), 3 min 44 s on 2 idle
+# demo: HER2+ breast tumour section H1 + a breast-cancer reference (-profile demo,local), 2 min 29 s on 2 idle
 # cores with the tutorial's gene filter and the fused likelihood (docs/benchmarks.md, "A real tumour"). The set is built once into TESTDATA_BUILD/her2st/ by tests/build_her2st.py
 # from TESTDATA/upstream/ (or downloaded, checked by sha256). demo-her2st: the same, by its old name.
 demo-her2st: demo
