@@ -147,3 +147,21 @@ def pipeline_command(work: Path, data: dict, dev: dict, seed: int, extra: list) 
     return ["nextflow", "run", REPO / "main.nf", "-profile", profile, "-work-dir", work / "nf-work",
             "--input", sheet, "--reference", data["reference"], "--labels_key", "cell_type", "--batch_key", "sample",
             "--outdir", nf_out, *extra, "--seed", seed], nf_out
+
+
+def epoch_callbacks(*callbacks):
+    """One Lightning callback that passes each epoch's start and end to `callbacks` in turn (the pipeline's
+    training-control callback and a benchmark's timer): the plain full-batch loop calls the same two hooks."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochCallbacks(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            for c in callbacks:
+                if hasattr(c, "on_train_epoch_start"):
+                    c.on_train_epoch_start(trainer, pl_module)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            for c in callbacks:
+                c.on_train_epoch_end(trainer, pl_module)
+
+    return EpochCallbacks()

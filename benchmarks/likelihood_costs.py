@@ -131,7 +131,7 @@ def main() -> None:
     from c2lnf import likelihood
     from c2lnf.training import loop as training_loop
     from c2lnf.training.stopping import Plan
-    from common import machine, versions
+    from common import epoch_callbacks, machine, versions
     from tutorial_scale import generate
 
     torch.set_num_threads(a.threads)
@@ -183,7 +183,8 @@ def main() -> None:
         cb = EpochTimes(profile_epoch=epochs - 1 if profile else None)
         original = training_loop.control_callback
         seed_everything(0)
-        training_loop.control_callback = lambda monitor, log_every=None: _Both(original(monitor, 10**9), cb)
+        training_loop.control_callback = lambda monitor, log_every=None: epoch_callbacks(
+            original(monitor, 10**9), cb)
         likelihood.FUSED = path == "fused"
         try:
             training_loop.fit(make, Plan(epochs, 0.002, 0.002).fixed(), "cpu", batch, True,
@@ -205,19 +206,6 @@ def main() -> None:
                                       for ev in sorted(cb.prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
         print(json.dumps(out), flush=True)
         return out
-
-    class _Both(Callback):
-        def __init__(self, *cbs):
-            self.cbs = cbs
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            for c in self.cbs:
-                if hasattr(c, "on_train_epoch_start"):
-                    c.on_train_epoch_start(trainer, pl_module)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            for c in self.cbs:
-                c.on_train_epoch_end(trainer, pl_module)
 
     def phase_times(model_name: str, path: str) -> dict:
         """Trace_ELBO steps done by hand, each section timed: the model's own minibatch (reference: densified

@@ -45,7 +45,7 @@ VARIANTS = {  # name: (plain full-batch loop, foreach Adam)
 
 def main(argv: list[str] | None = None) -> None:
     from bar import DESIGNS
-    from common import TESTDATA, device, log, machine, versions
+    from common import TESTDATA, device, epoch_callbacks, log, machine, versions
 
     ap = argparse.ArgumentParser(prog="make bench NAME=loop", description=__doc__.splitlines()[0])
     ap.add_argument("--designs", default=",".join(d["name"] for d in DESIGNS))
@@ -89,21 +89,6 @@ def main(argv: list[str] | None = None) -> None:
         def on_train_epoch_end(self, trainer, pl_module):
             self.times.append(time.perf_counter() - self.t0)
 
-    from lightning.pytorch.callbacks import Callback
-
-    class Both(Callback):  # a Lightning callback (the Lightning path needs one) that the plain loop also calls
-        def __init__(self, *cbs):
-            self.cbs = cbs
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            for c in self.cbs:
-                if hasattr(c, "on_train_epoch_start"):
-                    c.on_train_epoch_start(trainer, pl_module)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            for c in self.cbs:
-                c.on_train_epoch_end(trainer, pl_module)
-
     for design in chosen:
         panel = design["panel"]
         if panel == "visium":
@@ -127,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, (plain, foreach) in VARIANTS.items():
                 timer = EpochTimes()
                 original = loop.control_callback
-                loop.control_callback = lambda monitor, log_every=None: Both(original(monitor, 10**9), timer)
+                loop.control_callback = lambda monitor, log_every=None: epoch_callbacks(
+                    original(monitor, 10**9), timer)
                 loop.PLAIN_FULL_BATCH, loop.ADAM_FOREACH = plain, foreach
                 seed_everything(0)
                 try:

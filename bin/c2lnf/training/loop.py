@@ -247,9 +247,9 @@ def train_full_batch(model, loss, optim, max_epochs: int, callbacks: list) -> No
 
     Lightning's loop costs the same on every step whatever the data's size (its hooks, the training plan's
     collection walking, the shim optimiser scvi steps so that Lightning counts steps): 2-3 ms of a ~20 ms CPU
-    mapping epoch at the bar benchmark's shapes (`make bench NAME=loop`), thousands of epochs per run. Results are bit-identical to the
-    Lightning path (tests/test_training_loop.py); minibatched runs, and full batches scored by Pyro's own
-    likelihood (other loaders), still train through Lightning.
+    mapping epoch at the bar benchmark's shapes (`make bench NAME=loop`), thousands of epochs per run. Results
+    are bit-identical to the Lightning path (tests/test_training_loop.py); minibatched runs, and full batches
+    scored by Pyro's own likelihood (other loaders), still train through Lightning.
     """
     from types import SimpleNamespace
 
