@@ -53,17 +53,23 @@ def worse_by(metric: str, difference: float) -> float:
 TRAINING_STEPS = ("TRAIN_REFERENCE", "MAP_CELLS")
 
 
-def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, pipeline_args: list = (),
-               n_spots: int | None = None) -> dict:
+def build_design(design: dict, outdir: Path, n_spots: int | None = None) -> dict:
+    """A design's simulated data (`simulate.build` from the lymph node reference) under outdir; its paths."""
     import simulate
-    from metrics import evaluate, per_type_pearson
 
-    work.mkdir(parents=True, exist_ok=True)
     panel = design["panel"]
     if panel == "visium":
         panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
-    data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", work / "data", n_spots or design["n_spots"],
+    return simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", outdir, n_spots or design["n_spots"],
                           design["seed"], panel=panel)
+
+
+def run_design(design: dict, work: Path, env: dict, dev: dict, tutorial: dict, pipeline_args: list = (),
+               n_spots: int | None = None) -> dict:
+    from metrics import evaluate, per_type_pearson
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = build_design(design, work / "data", n_spots)
     truth = pd.read_csv(data["truth"], index_col=0)
     log(f"{design['name']}: {data['design_summary'].get('n_genes_spots')} genes, cells per spot "
         f"{data['design_summary'].get('cells_per_spot')}")

@@ -123,7 +123,6 @@ def main() -> None:
     logging.getLogger("c2l").setLevel(logging.WARNING)
     import anndata as ad
     import numpy as np
-    import pandas as pd
     import torch
     from cell2location.models import Cell2location, RegressionModel
     from lightning.pytorch.callbacks import Callback
@@ -131,7 +130,7 @@ def main() -> None:
     from c2lnf import likelihood
     from c2lnf.training import loop as training_loop
     from c2lnf.training.stopping import Plan
-    from common import epoch_callbacks, machine, versions
+    from common import epoch_callbacks, machine, mean_signatures, versions
     from tutorial_scale import generate
 
     torch.set_num_threads(a.threads)
@@ -144,9 +143,7 @@ def main() -> None:
     spots.obs["sample"] = "sim"
     if a.spot_umis:
         spots.X = thin(spots.X, a.spot_umis)
-    labels = ref.obs["cell_type"]
-    sig = pd.DataFrame({c: np.asarray(ref.X[(labels == c).to_numpy()].mean(0)).ravel() + 1e-3
-                        for c in labels.cat.categories}, index=ref.var_names)
+    sig = mean_signatures(ref, ref.obs["cell_type"])
     RegressionModel.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
     Cell2location.setup_anndata(spots, batch_key="sample")
     shapes = {"mapping": {"spots": spots.n_obs, "genes": spots.n_vars, "types": sig.shape[1],

@@ -7,7 +7,7 @@ At the bar's shapes (hundreds of spots x hundreds of genes x 11 types) a mapping
 not depend on the data's size (Pyro's compiled trace, autograd, the optimiser, the training loop's own work), and
 the pipeline's defaults run thousands of them; this is where the wall-time ratio against the tutorial is decided.
 
-Data: the bar's designs (`bar.DESIGNS`, simulated by `simulate.build` exactly as the bar run makes them);
+Data: the bar's designs (`bar.DESIGNS`, simulated by `bar.build_design` exactly as the bar run makes them);
 signatures = the held-out reference half's mean counts per cell type (their values do not change the cost of an
 epoch; the genes are all the section's, so design A is 400 x 558 x 11 here, 473 genes after the pipeline's
 reference filter). Every variant trains through `training.loop.fit` (the pipeline's fast path: fused likelihood,
@@ -44,8 +44,8 @@ VARIANTS = {  # name: (plain full-batch loop, foreach Adam)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bar import DESIGNS
-    from common import TESTDATA, device, epoch_callbacks, log, machine, versions
+    from bar import DESIGNS, build_design
+    from common import device, epoch_callbacks, log, machine, mean_signatures, versions
 
     ap = argparse.ArgumentParser(prog="make bench NAME=loop", description=__doc__.splitlines()[0])
     ap.add_argument("--designs", default=",".join(d["name"] for d in DESIGNS))
@@ -61,12 +61,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import anndata as ad
     import numpy as np
-    import pandas as pd
     import pyro
     import torch
     from cell2location.models import Cell2location
 
-    import simulate
     from c2lnf.training import loop
     from c2lnf.training.stopping import Plan
 
@@ -90,19 +88,12 @@ def main(argv: list[str] | None = None) -> None:
             self.times.append(time.perf_counter() - self.t0)
 
     for design in chosen:
-        panel = design["panel"]
-        if panel == "visium":
-            panel = str(TESTDATA / "lymph_node" / "visium" / "filtered_feature_bc_matrix.h5")
-        data = simulate.build(TESTDATA / "lymph_node" / "reference.h5ad", a.data / design["name"],
-                              a.n_spots or design["n_spots"], design["seed"], panel=panel)
+        data = build_design(design, a.data / design["name"], a.n_spots)
         ref = ad.read_h5ad(data["reference"])
         spots = ad.read_h5ad(data["spots"])
-        labels = ref.obs["cell_type"].astype(str)
         genes = spots.var_names.intersection(ref.var_names)
         spots = spots[:, genes].copy()
-        x = ref[:, genes].X
-        sig = pd.DataFrame({c: np.asarray(x[(labels == c).to_numpy()].mean(0)).ravel() + 1e-3
-                            for c in sorted(labels.unique())}, index=genes)
+        sig = mean_signatures(ref, ref.obs["cell_type"], genes)
         Cell2location.setup_anndata(spots, batch_key="sample")
         shape = {"spots": spots.n_obs, "genes": spots.n_vars, "types": sig.shape[1]}
         log(f"{design['name']}: {shape}")

@@ -151,25 +151,22 @@ def test_one_adam_state_carries_a_run_on():
     assert not torch.equal(_svi_run(one_adam(0.05), 20, fresh=False)["m"], whole["m"])  # afresh, another path
 
 
-def _fit_both_ways(make_model, plan, batch_size=None):
-    """fit() through scvi-tools' Lightning trainer and through `train_full_batch`, each from seed 0: the
-    -ELBO histories, the parameters and the monitors' summaries."""
+def _fit(make_model, plan, plain: bool, batch_size=None):
+    """fit() from seed 0 through `train_full_batch` (`plain`) or scvi-tools' Lightning trainer: the -ELBO
+    history, the parameters, the monitor's summary and the model."""
     import pyro
 
     from c2lnf.runtime import seed_everything
     from c2lnf.training import loop
 
-    runs = {}
-    for plain in (False, True):
-        loop.PLAIN_FULL_BATCH = plain
-        try:
-            seed_everything(0)
-            model, monitor, _ = loop.fit(make_model, plan, "cpu", batch_size, True)
-        finally:
-            loop.PLAIN_FULL_BATCH = True
-        runs[plain] = (model.history_["elbo_train"]["elbo_train"].to_numpy(dtype=float),
-                       {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, monitor.summary(), model)
-    return runs[False], runs[True]
+    loop.PLAIN_FULL_BATCH = plain
+    try:
+        seed_everything(0)
+        model, monitor, _ = loop.fit(make_model, plan, "cpu", batch_size, True)
+    finally:
+        loop.PLAIN_FULL_BATCH = True
+    return (model.history_["elbo_train"]["elbo_train"].to_numpy(dtype=float),
+            {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, monitor.summary(), model)
 
 
 def test_full_batch_loop_trains_bit_for_bit_as_lightning(ln_halves, signatures_csv):
@@ -189,8 +186,10 @@ def test_full_batch_loop_trains_bit_for_bit_as_lightning(ln_halves, signatures_c
     spots.obs["sample"] = "ln_left"
     Cell2location.setup_anndata(spots, batch_key="sample")
     plan = Plan(300, 0.03, 0.01, tol=0.05, window=10, check_every=10, level_epochs=40)
-    (h0, p0, s0, m0), (h1, p1, s1, m1) = _fit_both_ways(
-        lambda: Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20), plan)
+    def make():
+        return Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20)
+
+    (h0, p0, s0, m0), (h1, p1, s1, m1) = _fit(make, plan, plain=False), _fit(make, plan, plain=True)
     assert len(s1["lr_events"]) == 1 and s1["stop_kind"] == "converged" and s1["stopped_epoch"] < 300, s1
     assert s0 == s1
     assert len(h0) == len(h1) == s1["stopped_epoch"] and (h0 == h1).all()
@@ -199,21 +198,20 @@ def test_full_batch_loop_trains_bit_for_bit_as_lightning(ln_halves, signatures_c
     assert m1.is_trained_ and not m1.module.training
     # the comparison can fail: fewer random draws (the loader's iterator made once, not per epoch, as a loop
     # without Lightning's habits would) give another run from the first step on
+    import builtins
+
     from c2lnf.training import loop
 
-    real_iter = loop.__builtins__["iter"] if isinstance(loop.__builtins__, dict) else loop.__builtins__.iter
     first: list = []
 
     def once_only(obj):  # the loader's first iterator only; later ones replay its batch without drawing
         if not first:
-            first.append(next(real_iter(obj)))
-        return real_iter(first)
+            first.append(next(builtins.iter(obj)))
+        return builtins.iter(first)
 
     loop.iter = once_only
     try:
-        (_, _, _, _), (h2, _, _, _) = _fit_both_ways(
-            lambda: Cell2location(spots, cell_state_df=sig, N_cells_per_location=30, detection_alpha=20),
-            Plan(5, 0.03, 0.03).fixed())
+        h2 = _fit(make, Plan(5, 0.03, 0.03).fixed(), plain=True)[0]
     finally:
         del loop.iter
     assert len(h2) == 5 and not (h2 == h1[:5]).any()
@@ -229,7 +227,8 @@ def test_reference_full_batch_loop_trains_bit_for_bit_as_lightning(filtered_refe
 
     ref = ad.read_h5ad(filtered_reference / "reference_filtered.h5ad")
     RegressionModel.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
-    (h0, p0, s0, _), (h1, p1, s1, _) = _fit_both_ways(lambda: RegressionModel(ref), Plan(15, 0.002, 0.002).fixed(),
-                                                       batch_size=ref.n_obs)
+    plan = Plan(15, 0.002, 0.002).fixed()
+    (h0, p0, s0, _), (h1, p1, s1, _) = (_fit(lambda: RegressionModel(ref), plan, plain, batch_size=ref.n_obs)
+                                        for plain in (False, True))
     assert len(h1) == 15 and (h0 == h1).all() and s0 == s1
     assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
